@@ -1,0 +1,262 @@
+"""Every difference between detectron2 releases and today's library stack, in one place.
+
+balanced_det runs on detectron2 v0.6 installed from the package registry (Python sources
+only, no C++ extension) and on detectron2 built from source (newer than v0.6, extension
+built). Both report ``detectron2.__version__ == "0.6"``, so every shim below is selected by a
+feature check, never by a version string, and is a no-op where the feature is already right.
+:func:`apply` runs once, when ``balanced_det`` is imported, before detectron2's own modules.
+
+===========================================  =====================================================
+What breaks                                   What this module (or the named class) does
+===========================================  =====================================================
+Pillow >= 10 removed ``Image.LINEAR``, used   alias ``Image.LINEAR = Image.BILINEAR``
+as a default argument in v0.6's
+``detectron2.data.transforms`` (import time)
+numpy >= 1.24 removed ``np.bool/int/float/    alias the missing names to the builtins they
+str``, used by v0.6 (dataset histogram,       always meant (numpy 2 brought ``np.bool`` back)
+polygon masks, evaluators)
+no ``detectron2._C`` (registry install)       a stand-in module whose ops raise
+imported by ``layers/deform_conv.py``,        :class:`MissingCppOpError` naming the op; info
+``layers/rotated_boxes.py``,                  functions used by ``collect_env`` say "not built";
+``layers/roi_align_rotated.py``,              :func:`coco_evaluator_kwargs` selects pycocotools'
+``evaluation/fast_eval_api.py``               COCOeval (``use_fast_impl=False``)
+setuptools >= 82 removed ``pkg_resources``    requirements pin setuptools 81;
+(``detectron2.model_zoo`` imports it)         :func:`model_zoo_config_file` needs neither
+torch >= 1.12: ``get_norm("GN", 1)`` fails    balanced_det's dense heads build their norms with
+in v0.6 ``RetinaNetHead(norm="GN")``          :func:`group_norm` and the real channel count
+v0.6 FCOS: crash on images without boxes;     ``balanced_det.modeling.FCOS`` (own matcher and
+``_decode_multi_level_predictions`` ignores   decoding, loop-free and empty-safe)
+its threshold/top-k arguments
+torch >= 2.6: ``torch.load`` defaults to      :func:`torch_load` passes ``weights_only``
+``weights_only=True`` (fvcore's checkpointer  explicitly and explains a refusal
+and detectron2's ``.pyth`` loader)
+v0.6 ``AMPTrainer`` is CUDA-only, fp16 only   ``balanced_det.engine.Trainer`` (CUDA fp16/bf16,
+                                              CPU bf16, ``torch.amp.GradScaler``)
+``Backbone.padding_constraints`` exists only  :func:`padding_constraints` reads it if present
+in newer detectron2
+===========================================  =====================================================
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import pickle
+import sys
+import types
+import warnings
+from typing import Any, Dict
+
+__all__ = [
+    "apply",
+    "HAS_CPP_OPS",
+    "MissingCppOpError",
+    "coco_evaluator_kwargs",
+    "describe",
+    "group_norm",
+    "model_zoo_config_file",
+    "padding_constraints",
+    "torch_load",
+    "UntrustedCheckpointError",
+]
+
+logger = logging.getLogger(__name__)
+
+# Filled by apply(): whether detectron2's compiled extension is importable.
+HAS_CPP_OPS: bool = False
+_APPLIED: Dict[str, bool] = {}
+
+
+class MissingCppOpError(RuntimeError):
+    """Raised when code calls an op of detectron2's C++ extension and it is not built."""
+
+
+class _MissingCppExtension(types.ModuleType):
+    """Stand-in for ``detectron2._C`` when detectron2 was installed without its extension.
+
+    Importing modules that reference ``_C`` works; calling one of its ops raises
+    :class:`MissingCppOpError` naming the op.
+    """
+
+    _USED_BY = {
+        "deform_conv": "detectron2.layers.DeformConv / ModulatedDeformConv",
+        "modulated_deform_conv": "detectron2.layers.ModulatedDeformConv",
+        "box_iou_rotated": "detectron2.layers.rotated_boxes (rotated box IoU)",
+        "nms_rotated": "detectron2.layers.nms_rotated",
+        "roi_align_rotated": "detectron2.layers.ROIAlignRotated",
+        "COCOeval": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
+        "InstanceAnnotation": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
+    }
+
+    def __init__(self):
+        super().__init__("detectron2._C", __doc__)
+        self.__file__ = None
+
+    # Used by detectron2.utils.collect_env when it prints the environment.
+    @staticmethod
+    def get_compiler_version():
+        return "not built (detectron2 installed without its C++ extension)"
+
+    @staticmethod
+    def get_cuda_version():
+        return "not built"
+
+    @staticmethod
+    def has_cuda():
+        return False
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        used_by = next((v for k, v in self._USED_BY.items() if name.startswith(k)), None)
+        hint = (
+            "pass use_fast_impl=False to COCOEvaluator (balanced_det's evaluator does this "
+            "automatically)"
+            if used_by and "COCO" in used_by
+            else "use an op that does not need it (e.g. torchvision.ops.deform_conv2d) or "
+            "install detectron2 from source: DETECTRON2_SOURCE=/path/to/detectron2 make setup"
+        )
+        raise MissingCppOpError(
+            f"detectron2 was installed without its C++ extension (detectron2._C), so the C++ op "
+            f"'{name}'{' used by ' + used_by if used_by else ''} is unavailable; {hint}."
+        )
+
+
+def _shim_pillow():
+    from PIL import Image
+
+    if not hasattr(Image, "LINEAR"):
+        Image.LINEAR = Image.BILINEAR
+        _APPLIED["PIL.Image.LINEAR"] = True
+
+
+def _shim_numpy_aliases():
+    import numpy as np
+
+    for name, value in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy 2 warns when probing the removed names
+            present = hasattr(np, name)
+        if not present:
+            setattr(np, name, value)
+            _APPLIED[f"numpy.{name}"] = True
+
+
+def _quiet_known_warnings():
+    # detectron2 decorates helpers with torch.jit.script at import; torch >= 2.10 warns once
+    # per decorator. The warning is about detectron2's code, not the user's.
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
+    )
+
+
+def _shim_cpp_extension():
+    global HAS_CPP_OPS
+    existing = sys.modules.get("detectron2._C")
+    if isinstance(existing, _MissingCppExtension):
+        HAS_CPP_OPS = False
+        return
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None:
+        raise ImportError(
+            "balanced_det needs detectron2, which is not installed in this environment "
+            f"({sys.executable}). Run `make setup` (see README, 'Set-up')."
+        )
+    try:
+        HAS_CPP_OPS = importlib.util.find_spec("detectron2._C") is not None
+    except ImportError:
+        HAS_CPP_OPS = False
+    if not HAS_CPP_OPS:
+        import detectron2
+
+        stub = _MissingCppExtension()
+        sys.modules["detectron2._C"] = stub
+        detectron2._C = stub
+        _APPLIED["detectron2._C stand-in"] = True
+
+
+def apply() -> None:
+    """Apply every shim this environment needs. Idempotent; called by ``import balanced_det``."""
+    if _APPLIED.get("done"):
+        return
+    _quiet_known_warnings()
+    _shim_pillow()
+    _shim_numpy_aliases()
+    _shim_cpp_extension()
+    _APPLIED["done"] = True
+
+
+def describe() -> str:
+    """One line per shim in effect, for logs and the set-up check."""
+    import detectron2
+    import torch
+
+    shims = [k for k in _APPLIED if k != "done"] or ["none"]
+    return (
+        f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}; "
+        f"C++ ops: {'built' if HAS_CPP_OPS else 'not built'}; torch {torch.__version__}; "
+        f"shims: {', '.join(shims)}"
+    )
+
+
+def coco_evaluator_kwargs() -> Dict[str, Any]:
+    """Keyword arguments that make detectron2's ``COCOEvaluator`` work in this environment."""
+    return {"use_fast_impl": HAS_CPP_OPS}
+
+
+def group_norm(num_channels: int, num_groups: int = 32):
+    """``nn.GroupNorm`` with a clear error when channels are not divisible by groups.
+
+    (v0.6's ``RetinaNetHead`` probes ``get_norm("GN", 1)``, which torch >= 1.12 rejects.)
+    """
+    from torch import nn
+
+    if num_channels % num_groups != 0:
+        raise ValueError(
+            f"GroupNorm needs num_channels divisible by num_groups; got num_channels="
+            f"{num_channels}, num_groups={num_groups}"
+        )
+    return nn.GroupNorm(num_groups, num_channels)
+
+
+def padding_constraints(backbone) -> Dict[str, int]:
+    """``backbone.padding_constraints`` on detectron2 versions that have it, else ``{}``."""
+    return dict(getattr(backbone, "padding_constraints", {}) or {})
+
+
+class UntrustedCheckpointError(pickle.UnpicklingError):
+    """``torch.load(weights_only=True)`` refused a file that needs arbitrary unpickling."""
+
+
+def torch_load(f, map_location="cpu", *, trusted: bool = False):
+    """``torch.load`` with an explicit ``weights_only`` on every torch version.
+
+    Checkpoints written by balanced_det/detectron2 hold tensors and plain Python values and
+    load with ``weights_only=True`` (the safe mode, default from torch 2.6). A file that needs
+    arbitrary unpickling raises :class:`UntrustedCheckpointError`, unless the caller marks it
+    ``trusted`` or the environment sets ``BALANCED_DET_TRUST_CHECKPOINTS=1``.
+    """
+    import torch
+
+    trusted = trusted or os.environ.get("BALANCED_DET_TRUST_CHECKPOINTS", "") == "1"
+    try:
+        return torch.load(f, map_location=map_location, weights_only=not trusted)
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower() and "weights_only" not in str(e):
+            raise
+        name = getattr(f, "name", f)
+        raise UntrustedCheckpointError(
+            f"{name}: refused to unpickle non-tensor objects with torch.load(weights_only=True) "
+            f"({str(e).splitlines()[0]}). If you trust this file, set "
+            "BALANCED_DET_TRUST_CHECKPOINTS=1 and load it again."
+        ) from e
+
+
+def model_zoo_config_file(path: str) -> str:
+    """Path of a config inside detectron2's packaged model zoo, without ``pkg_resources``."""
+    spec = importlib.util.find_spec("detectron2")
+    root = os.path.join(os.path.dirname(spec.origin), "model_zoo", "configs")
+    full = os.path.join(root, path)
+    if not os.path.exists(full):
+        raise FileNotFoundError(f"{path!r} is not in detectron2's model zoo configs ({root})")
+    return full

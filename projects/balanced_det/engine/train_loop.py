@@ -1,0 +1,134 @@
+"""detectron2's LazyConfig training loop, as used by ``train_net.py``.
+
+``cfg`` has the fields of detectron2's LazyConfig convention: ``model``, ``dataloader.train``,
+``dataloader.test``, ``dataloader.evaluator``, ``optimizer``, ``lr_multiplier`` and ``train``
+(see ``configs/common/train.py`` for the ``train`` fields this loop reads).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Dict, Optional
+
+import torch
+
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import default_writers, hooks
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+
+from ..data.cache import atomic_write_json
+from .checkpoint import Checkpointer
+from .trainer import Trainer
+
+__all__ = ["do_train", "do_test", "build_model", "cfg_get"]
+
+logger = logging.getLogger("balanced_det")
+
+
+def cfg_get(cfg, dotted: str, default: Any = None) -> Any:
+    """``cfg.a.b.c`` or ``default`` when any part is missing."""
+    node = cfg
+    for part in dotted.split("."):
+        try:
+            node = node[part]
+        except (KeyError, AttributeError, TypeError):
+            return default
+    return default if node is None else node
+
+
+def build_model(cfg) -> torch.nn.Module:
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    return model
+
+
+def do_test(cfg, model) -> Dict[str, Any]:
+    """Run the evaluator of ``cfg.dataloader`` on ``cfg.dataloader.test``; write
+    ``<output_dir>/eval_results.json`` (atomically) and return the results."""
+    if "evaluator" not in cfg.dataloader:
+        return {}
+    evaluator = instantiate(cfg.dataloader.evaluator)
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    if comm.is_main_process() and results:
+        print_csv_format(results)
+        out = cfg_get(cfg, "train.output_dir")
+        if out:
+            atomic_write_json(os.path.join(out, "eval_results.json"), results, indent=2)
+    return results
+
+
+def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
+    """Train ``cfg.model``; evaluate every ``train.eval_period`` and at the end.
+
+    Returns the last evaluation results (or None if there was no evaluation).
+    """
+    model = build_model(cfg)
+    logger.info("Model:\n%s", model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+    model = create_ddp_model(model, **cfg_get(cfg, "train.ddp", {}))
+
+    checkpointer_holder = {}
+
+    def save_last_good(iteration: int, names):
+        ckpt = checkpointer_holder.get("ckpt")
+        if ckpt is not None and comm.is_main_process():
+            # Parameters were not updated in the failing iteration: this is the state after
+            # iteration - 1, the last good one.
+            ckpt.save("model_last_good", iteration=iteration - 1)
+            logger.error("Saved the last good state to %s/model_last_good.pth",
+                         cfg.train.output_dir)
+
+    trainer = Trainer(
+        model, train_loader, optimizer,
+        amp=bool(cfg_get(cfg, "train.amp.enabled", False)),
+        amp_dtype=cfg_get(cfg, "train.amp.dtype", None),
+        device_type=torch.device(cfg.train.device).type,
+        clip_grad_norm=cfg_get(cfg, "train.clip_grad_norm", None),
+        nonfinite=cfg_get(cfg, "train.nonfinite", "raise"),
+        on_nonfinite=save_last_good,
+    )
+    checkpointer = Checkpointer(model, cfg.train.output_dir, trainer=trainer)
+    checkpointer_holder["ckpt"] = checkpointer
+    last_results: Dict[str, Any] = {}
+
+    def test_and_keep():
+        res = do_test(cfg, model)
+        last_results.clear()
+        last_results.update(res or {})
+        return res
+
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
+        if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                             period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=resume)
+    if resume and checkpointer.has_checkpoint():
+        # The checkpoint stores the iteration that just finished; start at the next one.
+        start_iter = trainer.iter + 1
+    else:
+        start_iter = 0
+    trainer.train(start_iter, cfg.train.max_iter)
+    return last_results or None
+
+
+def save_config(cfg, path: str) -> None:
+    try:
+        LazyConfig.save(cfg, path)
+    except Exception as e:  # noqa: BLE001  (unpicklable user objects: keep training)
+        logger.warning("Could not save the config to %s: %s", path, e)
+
+
+def load_eval_results(output_dir: str) -> Dict[str, Any]:
+    with open(os.path.join(output_dir, "eval_results.json")) as f:
+        return json.load(f)

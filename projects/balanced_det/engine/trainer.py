@@ -1,0 +1,178 @@
+"""The training step: fp32 or mixed precision, on CUDA or CPU, with a non-finite loss guard."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Dict, Mapping, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from detectron2.engine import SimpleTrainer
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from ..utils.events import flush_tensor_scalars
+
+__all__ = ["Trainer", "NonFiniteLossError", "resolve_amp_dtype"]
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite; the message names the iteration and the losses."""
+
+
+def resolve_amp_dtype(dtype: Optional[str], device_type: str) -> torch.dtype:
+    """``"float16"``/``"bfloat16"``, or ``None``/``"auto"``: float16 on CUDA, bfloat16 on CPU."""
+    if dtype in (None, "", "auto"):
+        return torch.float16 if device_type == "cuda" else torch.bfloat16
+    table = {"float16": torch.float16, "fp16": torch.float16, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise ValueError(f"train.amp.dtype={dtype!r}: expected one of {sorted(table)} or 'auto'")
+    if device_type == "cpu" and table[dtype] == torch.float16:
+        raise ValueError("train.amp.dtype='float16' is not supported on CPU; use 'bfloat16'")
+    return table[dtype]
+
+
+class Trainer(SimpleTrainer):
+    """detectron2's ``SimpleTrainer`` with optional autocast and a guard against NaN/inf losses.
+
+    * ``amp=True``: forward under ``torch.autocast(device_type, dtype)``; float16 uses a
+      ``torch.amp.GradScaler`` (overflowing steps are skipped by the scaler and the scale is
+      lowered, no crash), bfloat16 needs none. Works on CUDA and CPU (bfloat16), unlike
+      v0.6's CUDA-only ``AMPTrainer``. Heads keep their loss maths in float32.
+    * Non-finite losses are detected in the iteration where they appear, on every process
+      (the flag is all-reduced, so no process waits on another). ``nonfinite="raise"`` calls
+      ``on_nonfinite(iteration, names)`` (``train_net`` saves the last good state there) and
+      raises :class:`NonFiniteLossError`; ``"skip"`` drops that iteration's update and goes on
+      (at most ``max_consecutive_skips`` times in a row).
+    * Tensor statistics recorded by heads with ``put_tensor_scalars`` are written with the
+      losses, in one device-to-host transfer.
+    """
+
+    def __init__(
+        self,
+        model,
+        data_loader,
+        optimizer,
+        *,
+        amp: bool = False,
+        amp_dtype: Optional[str] = None,
+        device_type: Optional[str] = None,
+        clip_grad_norm: Optional[float] = None,
+        nonfinite: str = "raise",
+        max_consecutive_skips: int = 20,
+        on_nonfinite: Optional[Callable[[int, list], None]] = None,
+    ):
+        super().__init__(model, data_loader, optimizer)
+        if nonfinite not in ("raise", "skip"):
+            raise ValueError(f"nonfinite={nonfinite!r}: expected 'raise' or 'skip'")
+        if device_type is None:
+            device_type = next(model.parameters()).device.type
+        self.device_type = device_type
+        self.amp = bool(amp)
+        self.amp_dtype = resolve_amp_dtype(amp_dtype, device_type) if amp else None
+        self.grad_scaler = (
+            torch.amp.GradScaler(device_type) if self.amp and self.amp_dtype == torch.float16
+            else None
+        )
+        self.clip_grad_norm = clip_grad_norm
+        self.nonfinite = nonfinite
+        self.max_consecutive_skips = max_consecutive_skips
+        self.on_nonfinite = on_nonfinite
+        self._consecutive_skips = 0
+
+    def run_step(self):
+        assert self.model.training, "[Trainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp):
+            loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        losses = sum(v.float() for v in loss_dict.values())
+
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(losses).backward()
+        else:
+            losses.backward()
+
+        finite = self._write_metrics_and_check(loss_dict, data_time)
+        if not finite:
+            self.optimizer.zero_grad(set_to_none=True)
+            return
+
+        if self.grad_scaler is not None:
+            if self.clip_grad_norm:
+                self.grad_scaler.unscale_(self.optimizer)
+                self._clip()
+            self.grad_scaler.step(self.optimizer)
+            self.grad_scaler.update()
+            get_event_storage().put_scalar("amp_grad_scale", self.grad_scaler.get_scale(),
+                                           smoothing_hint=False)
+        else:
+            if self.clip_grad_norm:
+                self._clip()
+            self.optimizer.step()
+
+    def _clip(self):
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
+
+    def _write_metrics_and_check(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> bool:
+        names = list(loss_dict)
+        values = torch.stack([loss_dict[k].detach().float().reshape(()) for k in names])
+        local = values.cpu().tolist()  # the one host sync of the step
+        bad = [n for n, v in zip(names, local) if not np.isfinite(v)]
+        any_bad = bool(bad)
+        if comm.get_world_size() > 1:
+            flag = torch.tensor([1.0 if any_bad else 0.0],
+                                device=values.device if dist.get_backend() == "nccl" else "cpu")
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            any_bad = bool(flag.item() > 0)
+        storage = get_event_storage()
+        if any_bad:
+            it = storage.iter
+            msg = (f"Loss became NaN or infinite at iteration {it}: "
+                   f"{', '.join(bad) if bad else 'on another process'} "
+                   f"(losses: {dict(zip(names, local))})")
+            flush_tensor_scalars(storage)
+            if self.nonfinite == "skip" and self._consecutive_skips < self.max_consecutive_skips:
+                self._consecutive_skips += 1
+                logger.warning(msg + "; update skipped (train.nonfinite='skip').")
+                storage.put_scalar("nonfinite_skipped", 1.0, smoothing_hint=False)
+                return False
+            if self.on_nonfinite is not None:
+                self.on_nonfinite(it, bad)
+            raise NonFiniteLossError(msg)
+        self._consecutive_skips = 0
+        flush_tensor_scalars(storage)
+
+        metrics = dict(zip(names, local))
+        metrics["data_time"] = data_time
+        all_metrics = comm.gather(metrics)
+        if comm.is_main_process():
+            storage.put_scalar("data_time", float(np.max([m.pop("data_time") for m in all_metrics])))
+            mean = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
+            storage.put_scalar("total_loss", sum(mean.values()))
+            if len(mean) > 1:
+                storage.put_scalars(**mean)
+        return True
+
+    def state_dict(self):
+        ret = super().state_dict()
+        if self.grad_scaler is not None:
+            ret["grad_scaler"] = self.grad_scaler.state_dict()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        if self.grad_scaler is not None and "grad_scaler" in state_dict:
+            self.grad_scaler.load_state_dict(state_dict["grad_scaler"])

@@ -1,0 +1,90 @@
+"""Point grids and FCOS-style point-to-box assignment (pure tensor functions)."""
+from __future__ import annotations
+
+from typing import List, Sequence, Tuple
+
+import torch
+
+__all__ = ["grid_points", "point_box_ltrb", "fcos_assign", "fcos_scale_ranges", "centerness_target"]
+
+
+def grid_points(
+    sizes: Sequence[Tuple[int, int]], strides: Sequence[int], offset: float = 0.5,
+    device=None, dtype=torch.float32,
+) -> Tuple[torch.Tensor, torch.Tensor, List[int]]:
+    """Centres of every feature-map cell of every level, in input-image pixels.
+
+    Point (x, y) of a level with stride s sits at ``((x + offset) s, (y + offset) s)``.
+
+    Returns:
+        points (R, 2) in (x, y), level-major then row-major (matches ``permute(0, 2, 3, 1)``
+        flattening of NCHW maps); stride of each point (R,); number of points per level.
+    """
+    pts, strd, counts = [], [], []
+    for (h, w), s in zip(sizes, strides):
+        ys = (torch.arange(h, device=device, dtype=dtype) + offset) * s
+        xs = (torch.arange(w, device=device, dtype=dtype) + offset) * s
+        yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+        pts.append(torch.stack([xx.reshape(-1), yy.reshape(-1)], dim=1))
+        strd.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
+        counts.append(h * w)
+    return torch.cat(pts), torch.cat(strd), counts
+
+
+def point_box_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Distances (R, G, 4) from each point to the left, top, right, bottom sides of each box."""
+    x, y = points[:, 0, None], points[:, 1, None]
+    return torch.stack(
+        [x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y],
+        dim=2,
+    )
+
+
+def fcos_scale_ranges(strides: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """FCOS regression ranges per point: ``(4 s, 8 s)``, open below on the first level and
+    above on the last (P3-P7: 0-64, 64-128, 128-256, 256-512, 512-inf)."""
+    lower = strides * 4
+    upper = strides * 8
+    lower[: counts[0]] = 0
+    upper[-counts[-1]:] = float("inf")
+    return lower, upper
+
+
+def fcos_assign(
+    points: torch.Tensor,
+    strides: torch.Tensor,
+    lower: torch.Tensor,
+    upper: torch.Tensor,
+    gt_boxes: torch.Tensor,
+    center_sampling_radius: float = 1.5,
+) -> torch.Tensor:
+    """FCOS assignment (as detectron2's FCOS): a point is positive for a box if it lies inside
+    the box, within ``radius * stride`` of its centre (Chebyshev distance), and the largest of
+    its four distances is inside the level's range; among several boxes the smallest area wins.
+
+    Returns the matched box index per point (R,), ``-1`` for background. Loop-free over boxes
+    and points; safe with zero boxes.
+    """
+    R = points.shape[0]
+    if gt_boxes.shape[0] == 0:
+        return torch.full((R,), -1, dtype=torch.long, device=points.device)
+    ltrb = point_box_ltrb(points, gt_boxes)  # R x G x 4
+    centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2
+    near = (points[:, None, :] - centres[None]).abs().amax(dim=2) < (
+        center_sampling_radius * strides[:, None]
+    )
+    inside = ltrb.amin(dim=2) > 0
+    reach = ltrb.amax(dim=2)
+    in_range = (reach > lower[:, None]) & (reach < upper[:, None])
+    match = near & inside & in_range
+    area = (gt_boxes[:, 2] - gt_boxes[:, 0]) * (gt_boxes[:, 3] - gt_boxes[:, 1])
+    cost = torch.where(match, area[None, :].expand_as(match), torch.full_like(reach, float("inf")))
+    min_cost, idx = cost.min(dim=1)
+    return torch.where(torch.isfinite(min_cost), idx, torch.full_like(idx, -1))
+
+
+def centerness_target(ltrb: torch.Tensor) -> torch.Tensor:
+    """FCOS centerness ``sqrt(min(l, r) / max(l, r) * min(t, b) / max(t, b))`` for (..., 4)."""
+    lr, tb = ltrb[..., [0, 2]], ltrb[..., [1, 3]]
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-6)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-6))
+    return ratio.clamp(min=0).sqrt()
