@@ -18,4 +18,7 @@ train = dict(
     # "skip" (drop that update and go on).
     nonfinite="raise",
     cudnn_benchmark=False,
+    # Sampling-Free statistics (balanced_det.stats): count a random subset of max_images
+    # training images (None: all), or read a precomputed file (tools/dataset_stats.py).
+    dataset_stats=dict(max_images=None, seed=0, stats_file=None),
 )

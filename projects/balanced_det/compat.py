@@ -148,6 +148,9 @@ def _quiet_known_warnings():
     warnings.filterwarnings(
         "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
     )
+    # v0.6's anchor generator calls torch.meshgrid without `indexing` (same result as "ij").
+    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release",
+                            category=UserWarning)
 
 
 def _shim_cpp_extension():

@@ -20,6 +20,7 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..data.cache import atomic_write_json
+from ..stats import prepare_model_with_dataset_stats
 from .checkpoint import Checkpointer
 from .trainer import Trainer
 
@@ -40,7 +41,11 @@ def cfg_get(cfg, dotted: str, default: Any = None) -> Any:
 
 
 def build_model(cfg) -> torch.nn.Module:
+    """Instantiate ``cfg.model``; models that initialise from dataset statistics
+    (Sampling-Free) get them here, on the CPU, before moving to ``train.device`` and before
+    any checkpoint is loaded."""
     model = instantiate(cfg.model)
+    prepare_model_with_dataset_stats(model, cfg)
     model.to(cfg.train.device)
     return model
 

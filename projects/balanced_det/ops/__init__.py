@@ -1,0 +1,37 @@
+"""Pure tensor functions: losses, ranks, weights and sampler index selection.
+
+No detectron2 types, no config, no global state (GHM's EMA is a small module with buffers).
+"""
+from .balanced_l1 import balanced_l1_loss
+from .box_refine import refine_ltrb
+from .carl import carl_loss, carl_weights
+from .dw import (
+    dw_candidate_bag,
+    dw_center_prior,
+    dw_image_terms,
+    dw_losses,
+    dw_negative_weights,
+    dw_positive_weights,
+)
+from .ghm import GHMC, GHMR
+from .hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
+from .isr import (
+    batch_unique_gt_ids,
+    isr_n_select,
+    isr_p_weights,
+    isr_weights,
+    renormalize_to_loss,
+    unique_gt_ids_from_pairs,
+)
+from .points import centerness_target, fcos_assign, fcos_scale_ranges, grid_points, point_box_ltrb
+from .samplers import instance_balanced_pos_sample, iou_balanced_neg_sample, ohem_topk, random_choice
+from .sampling_free import (
+    bce_sampling_free_loss,
+    class_adaptive_thresholds,
+    guided_classification_loss,
+    guided_loss_ratio,
+    sigmoid_prior_bias,
+    softmax_prior_bias,
+)
+
+__all__ = [k for k in globals() if not k.startswith("_")]

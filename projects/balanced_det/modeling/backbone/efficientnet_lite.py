@@ -167,6 +167,9 @@ class EfficientNetLite0(_Lite0Trunk, Backbone):
             does for ResNets at small batch sizes), ``"BN"`` or ``"SyncBN"``.
         freeze_at: 0 trains everything; 1 freezes the stem; k >= 2 freezes the stem and stages
             1..k-1 (stages are the 7 groups of blocks of equal configuration).
+        channels_last: run in the NHWC memory layout (about 2x faster depthwise convolutions
+            on CPU with oneDNN, and the layout tensor cores prefer on GPU); outputs are NHWC
+            tensors with the usual NCHW shape.
     """
 
     def __init__(
@@ -175,6 +178,7 @@ class EfficientNetLite0(_Lite0Trunk, Backbone):
         pretrained: bool = True,
         norm: str = "FrozenBN",
         freeze_at: int = 2,
+        channels_last: bool = True,
     ):
         _Lite0Trunk.__init__(self)
         valid = ("stem",) + tuple(_FEATURES)
@@ -213,9 +217,14 @@ class EfficientNetLite0(_Lite0Trunk, Backbone):
             FrozenBatchNorm2d.convert_frozen_batchnorm(self)
         elif norm == "SyncBN":
             nn.SyncBatchNorm.convert_sync_batchnorm(self)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x) -> Dict[str, torch.Tensor]:
         outputs = {}
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.relu6(self._bn0(self._conv_stem(x)))
         if -1 in self._taps:
             outputs["stem"] = x
@@ -236,7 +245,8 @@ class EfficientNetLite0(_Lite0Trunk, Backbone):
 @BACKBONE_REGISTRY.register()
 def build_efficientnet_lite0_fpn(cfg=None, input_shape=None, *, out_channels: int = 128,
                                  top_block: str = "p6p7", norm: str = "", pretrained: bool = True,
-                                 freeze_at: int = 2, fuse_type: str = "sum") -> FPN:
+                                 freeze_at: int = 2, fuse_type: str = "sum",
+                                 channels_last: bool = True) -> FPN:
     """EfficientNet-Lite0 + FPN over c3/c4/c5 (strides 8/16/32).
 
     ``top_block``: ``"p6p7"`` adds P6/P7 by stride-2 convs on P5 (RetinaNet/FCOS: P3-P7),
@@ -246,7 +256,8 @@ def build_efficientnet_lite0_fpn(cfg=None, input_shape=None, *, out_channels: in
     """
     if cfg is not None:
         out_channels, norm = cfg.MODEL.FPN.OUT_CHANNELS, cfg.MODEL.FPN.NORM
-    bottom_up = EfficientNetLite0(("c3", "c4", "c5"), pretrained=pretrained, freeze_at=freeze_at)
+    bottom_up = EfficientNetLite0(("c3", "c4", "c5"), pretrained=pretrained, freeze_at=freeze_at,
+                                  channels_last=channels_last)
     if top_block == "p6p7":
         top: Optional[nn.Module] = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
     elif top_block == "maxpool":
@@ -255,5 +266,8 @@ def build_efficientnet_lite0_fpn(cfg=None, input_shape=None, *, out_channels: in
         top = None
     else:
         raise ValueError(f"top_block must be 'p6p7', 'maxpool' or 'none', got {top_block!r}")
-    return FPN(bottom_up=bottom_up, in_features=["c3", "c4", "c5"], out_channels=out_channels,
-               norm=norm, top_block=top, fuse_type=fuse_type)
+    fpn = FPN(bottom_up=bottom_up, in_features=["c3", "c4", "c5"], out_channels=out_channels,
+              norm=norm, top_block=top, fuse_type=fuse_type)
+    if channels_last:
+        fpn.to(memory_format=torch.channels_last)
+    return fpn

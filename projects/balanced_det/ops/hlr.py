@@ -1,0 +1,161 @@
+"""Hierarchical local ranks (PISA, Cao et al. "Prime Sample Attention in Object Detection").
+
+IoU-HLR ranks positives (SPEC 1.5 steps 1-2), Score-HLR ranks negatives (SPEC 1.6 steps 2-3).
+All ranks are computed by stable sorting (never a loop over groups): a lexicographic order is
+built by successive stable sorts from the least to the most significant key, and the rank inside
+a group is the position in that order minus the position where the group starts.
+Ties are always broken by the element index (lower index = better rank).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torchvision.ops import batched_nms, box_iou, nms
+
+__all__ = ["local_rank", "hierarchical_rank", "iou_hlr_rank", "nms_cluster_local_rank"]
+
+
+def _lexsort(keys: Sequence[Tuple[torch.Tensor, bool]], n: int, device) -> torch.Tensor:
+    """Permutation sorting by ``keys`` (most significant first; each ``(key, descending)``),
+    ties broken by index. Built by stable sorts from the least significant key up."""
+    perm = torch.arange(n, device=device)
+    for key, descending in reversed(list(keys)):
+        order = torch.sort(key[perm], descending=descending, stable=True).indices
+        perm = perm[order]
+    return perm
+
+
+def _rank_in_sorted_groups(perm: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Given ``perm`` that lists the elements group by group (each group contiguous), return each
+    element's position inside its group (0 = first), in the original element order."""
+    n = perm.numel()
+    pos = torch.arange(n, device=perm.device)
+    g = groups[perm]
+    is_start = torch.ones(n, dtype=torch.bool, device=perm.device)
+    is_start[1:] = g[1:] != g[:-1]
+    start = torch.where(is_start, pos, torch.zeros_like(pos)).cummax(0).values
+    rank = torch.empty_like(pos)
+    rank[perm] = pos - start
+    return rank
+
+
+def local_rank(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """Rank of each element inside its group by ``values`` descending (0 = largest).
+
+    ``rank_i = #{j in group(i): v_j > v_i or (v_j == v_i and j < i)}`` — ties are broken by
+    index (stable). ``group_ids`` are arbitrary integers. Computed by sorting on
+    (group ascending, value descending); no host sync.
+
+    Returns:
+        long tensor (N,); empty for empty input.
+    """
+    n = values.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=values.device)
+    perm = _lexsort([(group_ids, False), (values.float(), True)], n, values.device)
+    return _rank_in_sorted_groups(perm, group_ids)
+
+
+def hierarchical_rank(
+    local_ranks: torch.Tensor, values: torch.Tensor, class_ids: Optional[torch.Tensor] = None
+) -> torch.Tensor:
+    """Hierarchical local rank (SPEC 1.5 step 2): inside each class, order the elements by
+    (local rank ascending, value descending, index ascending) and return the position r_i in
+    that order (0 = best): all local top-1s first sorted by value, then all top-2s, ...
+
+    ``class_ids=None`` puts every element in one group. This is the Score-HLR of SPEC 1.6
+    step 3: negatives are all background, and mmdet's ScoreHLRSampler sorts the importance key
+    ``(n_valid - local_rank) + s_j`` descending over *all* valid negatives at once; since
+    ``0 < s_j <= 1`` that key is the lexicographic order (local rank asc, score desc), which is
+    what is computed here exactly (no float key, so no tie between ``s = 1`` at rank r+1 and
+    ``s = 0`` at rank r).
+
+    Returns:
+        long tensor (N,).
+    """
+    n = values.numel()
+    if n == 0:
+        return torch.zeros(0, dtype=torch.long, device=values.device)
+    if class_ids is None:
+        class_ids = torch.zeros(n, dtype=torch.long, device=values.device)
+    perm = _lexsort(
+        [(class_ids, False), (local_ranks, False), (values.float(), True)], n, values.device
+    )
+    return _rank_in_sorted_groups(perm, class_ids)
+
+
+def iou_hlr_rank(ious: torch.Tensor, gt_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """IoU-HLR of positives (SPEC 1.5 steps 1-2).
+
+    1. IoU-LR: rank by IoU descending inside each GT group (``gt_ids`` must be unique over the
+       whole batch, see :func:`balanced_det.ops.isr.batch_unique_gt_ids`).
+    2. IoU-HLR: inside each class (``labels``), order by (IoU-LR ascending, IoU descending).
+
+    Returns:
+        long tensor (P,) of ranks r_i (0 = most important). Per class the ranks are 0..n_c-1, so
+        ``ranks.max() + 1`` is the largest per-class positive count (n_max of SPEC 1.5 step 3).
+    """
+    lr = local_rank(ious, gt_ids)
+    return hierarchical_rank(lr, ious, labels)
+
+
+def _below(threshold: float) -> float:
+    """Largest float32 strictly below ``threshold``: torchvision's NMS suppresses IoU > t, so
+    passing this value suppresses IoU >= threshold for float32 IoUs (CPU and CUDA kernels)."""
+    return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
+
+
+def nms_cluster_local_rank(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    labels: Optional[torch.Tensor] = None,
+    iou_threshold: float = 0.5,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS clustering and the local rank inside each cluster (SPEC 1.6 step 2).
+
+    Leaders are the boxes kept by greedy NMS in score order with suppression at IoU >= t
+    (default t = 0.5). Each other box joins the highest-scoring leader it overlaps with
+    IoU >= t, which is exactly the leader that suppressed it in greedy NMS (mmcv's ``nms_match``
+    used by mmdet's ScoreHLRSampler). The local rank is the position inside the cluster by score
+    descending, the leader always 0, ties by index.
+
+    ``labels=None`` (default) clusters class-agnostically, as the reference does (``nms_match``
+    takes boxes and scores only, the boxes being decoded with their argmax class). With labels,
+    boxes of different labels never interact (``batched_nms`` and a same-label mask).
+
+    Tensor code only: ``nms``/``batched_nms`` (one host sync for its data-dependent output) and
+    an IoU matrix between all N boxes and the L leaders: memory N x L float32 (<= N^2; 2000
+    boxes -> at most 16 MB). If float rounding leaves a suppressed box without a leader at
+    IoU >= t, it forms its own cluster (local rank 0).
+
+    Returns:
+        (local_ranks (N,) long, leader (N,) long: index of the box leading its cluster).
+    """
+    n = boxes.shape[0]
+    device = boxes.device
+    if n == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty.clone()
+    boxes = boxes.float()
+    scores = scores.float()
+    thr = _below(iou_threshold)
+    if labels is None:
+        keep = nms(boxes, scores, thr)
+    else:
+        keep = batched_nms(boxes, scores, labels, thr)
+    # keep is sorted by decreasing score: the first matching column is the best leader.
+    iou = box_iou(boxes, boxes[keep])  # N x L
+    match = iou >= iou_threshold
+    if labels is not None:
+        match &= labels[:, None] == labels[keep][None, :]
+    has = match.any(dim=1)
+    first = match.to(torch.uint8).argmax(dim=1)
+    own = torch.arange(n, device=device)
+    leader = torch.where(has, keep[first], own)
+    leader[keep] = keep  # a leader leads its own cluster
+    is_leader = torch.zeros(n, dtype=torch.bool, device=device)
+    is_leader[keep] = True
+    key = torch.where(is_leader | ~has, torch.full_like(scores, float("inf")), scores)
+    return local_rank(key, leader), leader

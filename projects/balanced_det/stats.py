@@ -1,0 +1,351 @@
+"""Dataset statistics for Sampling-Free (SPEC 1.8), computed before training without a network
+forward, with the detector's own matchers, and cached as JSON.
+
+What is counted, per *counter* (a detector part with its own assignment rule):
+
+* ``num_fg`` (N_f): samples assigned to a foreground class,
+* ``num_valid`` (N): foreground + background samples (ignored ones excluded),
+
+summed over the training images (or a fixed random subset of ``max_images`` of them) at the
+sizes the training mapper produces (its augmentations applied to the geometry only: no image
+is decoded), plus ``class_counts`` (N_j, non-crowd training instances per class).
+
+A model that wants statistics implements three methods (see :class:`DatasetStatsUser`):
+``dataset_stats_counters()`` (name -> counter function), ``dataset_stats_key()`` (the
+settings the counts depend on: anchors, matcher thresholds, ...) and
+``apply_dataset_stats(stats)``. :func:`prepare_model_with_dataset_stats` is called by
+``balanced_det.engine.build_model`` for every model, before any checkpoint is loaded.
+
+Cache: ``$BALANCED_DET_CACHE/stats/<dataset>-<key hash>.json``. The file records the full key
+(dataset names and a fingerprint of their annotations, counter settings, augmentations,
+``max_images``, seed) and is verified when read: a file made for another dataset or matcher
+is never used silently. A corrupt cache file is recomputed; an explicitly given
+``stats_file`` that does not match raises :class:`DatasetStatsMismatchError`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+from detectron2.utils import comm
+
+from .data.cache import atomic_write_json, cache_dir, locked
+from .data.datasets import get_detection_dataset_dicts
+
+__all__ = [
+    "ForegroundStats",
+    "DatasetStatsMismatchError",
+    "DatasetStatsSpec",
+    "compute_dataset_stats",
+    "prepare_model_with_dataset_stats",
+    "count_anchor_foreground",
+    "dummy_feature_maps",
+]
+
+logger = logging.getLogger(__name__)
+_FORMAT_VERSION = 1
+
+# (padded image size (h, w), boxes (G, 4) XYXY after augmentation, classes (G,)) -> (N_f, N)
+Counter = Callable[[Tuple[int, int], torch.Tensor, torch.Tensor], Tuple[int, int]]
+
+
+class DatasetStatsMismatchError(ValueError):
+    """A statistics file that was made for another dataset, matcher or setting."""
+
+
+@dataclasses.dataclass
+class ForegroundStats:
+    num_fg: int
+    num_valid: int
+
+    @property
+    def fg_fraction(self) -> float:
+        """N_f / N."""
+        if self.num_valid <= 0:
+            raise ValueError("no valid samples were counted (empty dataset?)")
+        return self.num_fg / self.num_valid
+
+
+@dataclasses.dataclass
+class DatasetStats:
+    counters: Dict[str, ForegroundStats]
+    class_counts: List[int]
+    num_images: int
+    key: Dict[str, Any]
+
+    def __getitem__(self, name: str) -> ForegroundStats:
+        if name not in self.counters:
+            raise KeyError(f"no statistics for {name!r}; have {sorted(self.counters)}")
+        return self.counters[name]
+
+    def to_json(self) -> Dict[str, Any]:
+        return {
+            "format": _FORMAT_VERSION,
+            "key": self.key,
+            "num_images": self.num_images,
+            "class_counts": self.class_counts,
+            "counters": {k: dataclasses.asdict(v) for k, v in self.counters.items()},
+            "fg_fraction": {k: v.fg_fraction for k, v in self.counters.items() if v.num_valid},
+        }
+
+    @classmethod
+    def from_json(cls, data: Dict[str, Any]) -> "DatasetStats":
+        if data.get("format") != _FORMAT_VERSION:
+            raise ValueError(f"format {data.get('format')!r}, expected {_FORMAT_VERSION}")
+        return cls(
+            counters={k: ForegroundStats(int(v["num_fg"]), int(v["num_valid"]))
+                      for k, v in data["counters"].items()},
+            class_counts=[int(c) for c in data["class_counts"]],
+            num_images=int(data["num_images"]),
+            key=data["key"],
+        )
+
+
+class DatasetStatsUser:
+    """Interface of models that initialise themselves from dataset statistics."""
+
+    def dataset_stats_counters(self) -> Dict[str, Counter]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def dataset_stats_key(self) -> Dict[str, Any]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def apply_dataset_stats(self, stats: DatasetStats) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclasses.dataclass
+class DatasetStatsSpec:
+    """Which images to count (the training set as the training loader sees it)."""
+
+    dataset_names: Sequence[str]
+    augmentations: Sequence[Any] = ()  # instantiated detectron2 Augmentations
+    size_divisibility: int = 0
+    filter_empty: bool = True
+    max_images: Optional[int] = None
+    seed: int = 0
+    stats_file: Optional[str] = None
+
+
+def dummy_feature_maps(image_size: Tuple[int, int], strides: Sequence[int]) -> List[torch.Tensor]:
+    """Zero-channel tensors with each level's spatial size, to drive detectron2 anchor
+    generators without running a network (they only read the shapes)."""
+    h, w = image_size
+    return [torch.empty(1, 0, -(-h // s), -(-w // s)) for s in strides]
+
+
+def count_anchor_foreground(anchor_generator, matcher, strides: Sequence[int],
+                            image_size: Tuple[int, int], gt_boxes: torch.Tensor) -> Tuple[int, int]:
+    """N_f and N over the anchors of one image with a detectron2 ``Matcher`` (labels 1 = fg,
+    0 = bg, -1 = ignored), as RetinaNet's and the RPN's ``label_anchors`` do."""
+    anchors = Boxes.cat(anchor_generator(dummy_feature_maps(image_size, strides)))
+    if gt_boxes.shape[0] == 0:
+        return 0, len(anchors)
+    _, labels = matcher(pairwise_iou(Boxes(gt_boxes), anchors))
+    return int((labels == 1).sum()), int((labels >= 0).sum())
+
+
+def _describe_aug(aug) -> Any:
+    """A JSON-able description of an augmentation (its class and constructor values)."""
+    fields = {k: v for k, v in sorted(vars(aug).items()) if not k.startswith("_")}
+    return {"type": type(aug).__name__, **{k: _jsonable(v) for k, v in fields.items()}}
+
+
+def _jsonable(v):
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (int, float, str, bool)) or v is None:
+        return v
+    if isinstance(v, np.generic):
+        return v.item()
+    return repr(v)
+
+
+def _dataset_fingerprint(dicts: List[dict]) -> str:
+    h = hashlib.sha256()
+    for d in dicts:
+        h.update(f"{d.get('file_name')}|{d.get('height')}|{d.get('width')}|".encode())
+        for a in d.get("annotations", []):
+            h.update(f"{a.get('category_id')},{a.get('iscrowd', 0)},"
+                     f"{','.join(f'{x:.2f}' for x in a['bbox'])};".encode())
+    return h.hexdigest()[:20]
+
+
+def _image_geometry(d: dict, augs: Sequence[Any]) -> Tuple[Tuple[int, int], np.ndarray, np.ndarray]:
+    """Training-time size of an image and its non-crowd boxes (XYXY) and classes after the
+    augmentations, computed on a 1-channel blank image (no file is read)."""
+    annos = [a for a in d.get("annotations", []) if not a.get("iscrowd", 0)]
+    boxes = np.array([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS) for a in annos],
+                     dtype=np.float64).reshape(-1, 4)
+    classes = np.array([a["category_id"] for a in annos], dtype=np.int64)
+    blank = np.zeros((d["height"], d["width"], 1), dtype=np.uint8)
+    aug_input = T.AugInput(blank, boxes=boxes)
+    T.AugmentationList(list(augs))(aug_input)
+    h, w = aug_input.image.shape[:2]
+    return (h, w), aug_input.boxes, classes
+
+
+def compute_dataset_stats(spec: DatasetStatsSpec, counters: Dict[str, Counter],
+                          counter_key: Dict[str, Any], num_classes: int) -> DatasetStats:
+    """Count N_f / N for every counter and N_j per class, or read them from the cache."""
+    names = [spec.dataset_names] if isinstance(spec.dataset_names, str) else list(spec.dataset_names)
+    dicts = get_detection_dataset_dicts(names, filter_empty=spec.filter_empty)
+    key = {
+        "format": _FORMAT_VERSION,
+        "datasets": names,
+        "dataset_fingerprint": _dataset_fingerprint(dicts),
+        "num_dataset_images": len(dicts),
+        "filter_empty": spec.filter_empty,
+        "augmentations": [_describe_aug(a) for a in spec.augmentations],
+        "size_divisibility": spec.size_divisibility,
+        "max_images": spec.max_images,
+        "seed": spec.seed,
+        "num_classes": num_classes,
+        "counters": _jsonable(counter_key),
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+    if spec.stats_file:
+        stats = _read(spec.stats_file)
+        if stats is None:
+            raise DatasetStatsMismatchError(
+                f"stats_file {spec.stats_file} is missing or unreadable; remove the setting to "
+                "compute the statistics, or run tools/dataset_stats.py to write it")
+        if stats.key != key:
+            diff = sorted(k for k in set(key) | set(stats.key) if key.get(k) != stats.key.get(k))
+            raise DatasetStatsMismatchError(
+                f"stats_file {spec.stats_file} was made for other settings (differs in: "
+                f"{', '.join(diff)}); remove it or recompute with tools/dataset_stats.py")
+        return stats
+
+    path = cache_dir("stats") / f"{'+'.join(names)}-{digest}.json"
+    # One process computes (others wait on the lock, or on the barrier in distributed runs).
+    if comm.get_world_size() > 1 and not comm.is_main_process():
+        comm.synchronize()
+        stats = _read(path)
+        if stats is None or stats.key != key:
+            raise DatasetStatsMismatchError(f"{path}: rank 0 did not write matching statistics")
+        return stats
+    with locked(path):
+        stats = _read(path)
+        if stats is not None and stats.key != key:
+            logger.warning("%s holds statistics for other settings; recomputing", path)
+            stats = None
+        if stats is None:
+            stats = _count(dicts, spec, counters, key, num_classes)
+            atomic_write_json(path, stats.to_json(), indent=1)
+            logger.info("Dataset statistics written to %s: %s", path,
+                        {k: f"{v.fg_fraction:.3e}" for k, v in stats.counters.items()})
+        else:
+            logger.info("Dataset statistics read from %s", path)
+    if comm.get_world_size() > 1:
+        comm.synchronize()
+    return stats
+
+
+def _read(path) -> Optional[DatasetStats]:
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            return DatasetStats.from_json(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:
+        logger.warning("Ignoring unreadable statistics file %s (%s)", path, e)
+        return None
+
+
+def _count(dicts, spec: DatasetStatsSpec, counters: Dict[str, Counter], key, num_classes) -> DatasetStats:
+    rng = np.random.default_rng(spec.seed)
+    order = np.arange(len(dicts))
+    if spec.max_images is not None and spec.max_images < len(dicts):
+        order = np.sort(rng.choice(len(dicts), size=spec.max_images, replace=False))
+    totals = {name: [0, 0] for name in counters}
+    class_counts = np.zeros(num_classes, dtype=np.int64)
+    # Augmentations draw from numpy's global RNG: seed it for repeatable sizes, then restore.
+    state = np.random.get_state()
+    np.random.seed(spec.seed)
+    try:
+        for i in tqdm(order, desc=f"dataset statistics ({'+'.join(key['datasets'])})",
+                      unit="img", mininterval=2.0):
+            (h, w), boxes, classes = _image_geometry(dicts[i], spec.augmentations)
+            if spec.size_divisibility > 1:
+                s = spec.size_divisibility
+                h, w = -(-h // s) * s, -(-w // s) * s
+            class_counts += np.bincount(classes, minlength=num_classes)[:num_classes]
+            boxes_t = torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+            classes_t = torch.as_tensor(classes, dtype=torch.long)
+            for name, counter in counters.items():
+                fg, valid = counter((h, w), boxes_t, classes_t)
+                totals[name][0] += int(fg)
+                totals[name][1] += int(valid)
+    finally:
+        np.random.set_state(state)
+    return DatasetStats(
+        counters={k: ForegroundStats(*v) for k, v in totals.items()},
+        class_counts=class_counts.tolist(), num_images=int(len(order)), key=key)
+
+
+def stats_spec_from_config(cfg) -> DatasetStatsSpec:
+    """The training set as ``cfg.dataloader.train`` sees it, plus ``cfg.train.dataset_stats``
+    options (``max_images``, ``seed``, ``stats_file``)."""
+    from detectron2.config import instantiate
+
+    train = cfg.dataloader.train
+    ds = train.dataset
+    names = ds.names
+    augs = [instantiate(copy.deepcopy(a)) for a in (train.mapper.get("augmentations") or [])]
+    opts = (cfg.train.get("dataset_stats") or {}) if "train" in cfg else {}
+    return DatasetStatsSpec(
+        dataset_names=[names] if isinstance(names, str) else list(names),
+        augmentations=augs,
+        filter_empty=bool(ds.get("filter_empty", True)),
+        max_images=opts.get("max_images"),
+        seed=int(opts.get("seed", 0) or 0),
+        stats_file=opts.get("stats_file"),
+    )
+
+
+def prepare_model_with_dataset_stats(model, cfg) -> Optional[DatasetStats]:
+    """If ``model`` is a :class:`DatasetStatsUser`, compute/load its statistics for the
+    training set of ``cfg`` and apply them (bias initialisation, thresholds)."""
+    if not all(hasattr(model, m) for m in
+               ("dataset_stats_counters", "dataset_stats_key", "apply_dataset_stats")):
+        return None
+    spec = stats_spec_from_config(cfg)
+    spec.size_divisibility = int(getattr(model.backbone, "size_divisibility", 0) or 0)
+    meta = MetadataCatalog.get(spec.dataset_names[0])
+    num_classes = len(getattr(meta, "thing_classes", []) or []) or _num_classes(model)
+    with torch.no_grad():
+        stats = compute_dataset_stats(spec, model.dataset_stats_counters(),
+                                      model.dataset_stats_key(), num_classes)
+    model.apply_dataset_stats(stats)
+    return stats
+
+
+def _num_classes(model) -> int:
+    for obj in (model, getattr(model, "roi_heads", None)):
+        n = getattr(obj, "num_classes", None)
+        if isinstance(n, int):
+            return n
+    raise ValueError("cannot tell the number of classes of the model")
+
+
+def load_stats_file(path: Union[str, os.PathLike]) -> DatasetStats:
+    stats = _read(path)
+    if stats is None:
+        raise FileNotFoundError(f"no readable statistics at {path}")
+    return stats
