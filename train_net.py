@@ -18,11 +18,16 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "pro
 
 import balanced_det  # noqa: E402,F401  (compat shims and registrations come first)
 from balanced_det.config import load_config  # noqa: E402
-from balanced_det.engine import Checkpointer, build_model, do_test, do_train  # noqa: E402
+from balanced_det.engine import (  # noqa: E402
+    Checkpointer,
+    build_model,
+    create_ddp_model,
+    do_test,
+    do_train,
+    launch,
+)
 from balanced_det.engine.train_loop import cfg_get  # noqa: E402
-from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
-from detectron2.engine.defaults import create_ddp_model  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 
 logger = logging.getLogger("balanced_det")
 
@@ -41,13 +46,17 @@ def main(args):
             if not cfg_get(cfg, "train.init_checkpoint", ""):
                 raise SystemExit("--eval-only needs train.init_checkpoint=<path> (or --resume "
                                  "with a checkpoint in train.output_dir)")
-            ckpt.load(cfg.train.init_checkpoint)
+            ckpt.load(cfg.train.init_checkpoint, strict=True)
         return do_test(cfg, model)
     return do_train(cfg, resume=args.resume)
 
 
 def cli(argv=None):
-    args = default_argument_parser().parse_args(argv)
+    parser = default_argument_parser()
+    parser.add_argument("--dist-backend", choices=["nccl", "gloo"], default=None,
+                        help="default: nccl with CUDA; gloo CPU processes without (--num-gpus "
+                             "then counts CPU processes)")
+    args = parser.parse_args(argv)
     if not args.config_file:
         raise SystemExit("--config-file is required (e.g. configs/Trees/fcos_effnet_lite0_FPN.py)")
     launch(
@@ -57,6 +66,7 @@ def cli(argv=None):
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        backend=args.dist_backend,
     )
 
 

@@ -45,7 +45,7 @@ def tiny_cfg(path, output_dir, max_iter=2, batch=2, size=128, overrides=()):
         dl.train.mapper.use_instance_mask = True
     cfg.train.update(
         device="cpu", max_iter=max_iter, output_dir=str(output_dir), init_checkpoint="",
-        eval_period=0, log_period=1, seed=0,
+        eval_period=max_iter, log_period=1, seed=0,
     )
     cfg.train.checkpointer.period = 10 ** 6
     # Randomly initialised R50 (no ImageNet weights offline) diverges at the configs' LR.

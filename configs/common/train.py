@@ -9,7 +9,7 @@ train = dict(
     amp=dict(enabled=False, dtype="auto"),
     ddp=dict(broadcast_buffers=False, find_unused_parameters=False, fp16_compression=False),
     checkpointer=dict(period=5000, max_to_keep=100),
-    eval_period=5000,
+    eval_period=5000,  # and at the end; <= 0: never evaluate
     log_period=20,
     device="cuda" if torch.cuda.is_available() else "cpu",
     seed=-1,  # < 0: random

@@ -58,6 +58,7 @@ __all__ = [
     "padding_constraints",
     "torch_load",
     "UntrustedCheckpointError",
+    "create_local_process_group",
 ]
 
 logger = logging.getLogger(__name__)
@@ -253,6 +254,27 @@ def torch_load(f, map_location="cpu", *, trusted: bool = False):
             f"({str(e).splitlines()[0]}). If you trust this file, set "
             "BALANCED_DET_TRUST_CHECKPOINTS=1 and load it again."
         ) from e
+
+
+def create_local_process_group(num_per_machine: int) -> None:
+    """Create detectron2's per-machine process group (``comm.get_local_rank``) after
+    ``init_process_group``: newer detectron2 has ``comm.create_local_process_group``; v0.6
+    expects ``launch()`` to set ``comm._LOCAL_PROCESS_GROUP`` itself."""
+    import torch.distributed as dist
+
+    from detectron2.utils import comm
+
+    if hasattr(comm, "create_local_process_group"):
+        comm.create_local_process_group(num_per_machine)
+        return
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % num_per_machine:
+        raise ValueError(f"world size {world} is not a multiple of {num_per_machine} per machine")
+    for machine in range(world // num_per_machine):
+        ranks = list(range(machine * num_per_machine, (machine + 1) * num_per_machine))
+        group = dist.new_group(ranks)  # every process must create every group
+        if rank in ranks:
+            comm._LOCAL_PROCESS_GROUP = group
 
 
 def model_zoo_config_file(path: str) -> str:

@@ -19,6 +19,9 @@ from detectron2.config import LazyConfig
 __all__ = ["load_config", "check_override_keys", "ConfigKeyError"]
 
 
+_ANY_KEYWORD = "**"
+
+
 class ConfigKeyError(KeyError):
     def __str__(self):  # KeyError quotes its message; show it plainly
         return str(self.args[0])
@@ -39,9 +42,11 @@ def _target_params(node) -> Optional[List[str]]:
         sig = inspect.signature(target)
     except (TypeError, ValueError):
         return None
+    names = [n for n, p in sig.parameters.items()
+             if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
-        return None  # accepts anything
-    return [n for n in sig.parameters if n != "self"]
+        names.append(_ANY_KEYWORD)  # **kwargs: any key is a parameter
+    return names
 
 
 def check_override_keys(cfg, overrides: Iterable[str]) -> None:
@@ -66,10 +71,10 @@ def check_override_keys(cfg, overrides: Iterable[str]) -> None:
                 node, path = node[part], path + [part]
                 continue
             params = _target_params(node)
-            if params is not None and part in params:
+            if params is not None and (part in params or _ANY_KEYWORD in params):
                 break
             where = ".".join(path) or "the config"
-            choices = sorted((set(node.keys()) | set(params or [])) - {"_target_"})
+            choices = sorted((set(node.keys()) | set(params or [])) - {"_target_", _ANY_KEYWORD})
             close = difflib.get_close_matches(part, choices, n=3)
             raise ConfigKeyError(
                 f"override {o!r}: {where} has no key {part!r}"

@@ -325,13 +325,15 @@ def prepare_model_with_dataset_stats(model, cfg) -> Optional[DatasetStats]:
     if not all(hasattr(model, m) for m in
                ("dataset_stats_counters", "dataset_stats_key", "apply_dataset_stats")):
         return None
+    counters = model.dataset_stats_counters()
+    if not counters:  # e.g. an R-CNN whose RPN and ROI head both sample
+        return None
     spec = stats_spec_from_config(cfg)
     spec.size_divisibility = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     meta = MetadataCatalog.get(spec.dataset_names[0])
     num_classes = len(getattr(meta, "thing_classes", []) or []) or _num_classes(model)
     with torch.no_grad():
-        stats = compute_dataset_stats(spec, model.dataset_stats_counters(),
-                                      model.dataset_stats_key(), num_classes)
+        stats = compute_dataset_stats(spec, counters, model.dataset_stats_key(), num_classes)
     model.apply_dataset_stats(stats)
     return stats
 

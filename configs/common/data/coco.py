@@ -3,9 +3,9 @@ from omegaconf import OmegaConf
 
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
-from detectron2.data import DatasetMapper, build_detection_test_loader, build_detection_train_loader
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 
-from balanced_det.data import get_detection_dataset_dicts
+from balanced_det.data import DatasetMapper, get_detection_dataset_dicts
 from balanced_det.evaluation import COCOEvaluator
 
 dataloader = OmegaConf.create()

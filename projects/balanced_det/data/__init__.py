@@ -1,6 +1,8 @@
 """Datasets (tree crowns, synthetic shapes, COCO checks) and data-loading helpers."""
 from .cache import cache_dir
+from .mapper import DatasetMapper
 from .datasets import (
+    DatasetError,
     DatasetFilesNotFoundError,
     ensure_dataset,
     get_detection_dataset_dicts,

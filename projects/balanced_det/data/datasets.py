@@ -7,6 +7,7 @@ imported. Conversion/generation happens on first use (``DatasetCatalog.get`` or
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 from pathlib import Path
@@ -18,8 +19,10 @@ from detectron2.data.datasets import load_coco_json
 
 from .synthetic import SHAPES, SyntheticSpec, generate_synthetic
 from .trees import convert_trees
+from .validation import DatasetError, validate_dataset_dicts
 
 __all__ = [
+    "DatasetError",
     "DatasetFilesNotFoundError",
     "ensure_dataset",
     "get_detection_dataset_dicts",
@@ -55,8 +58,8 @@ def register_coco_style(
 
     def load():
         json_file, image_root = ensure_dataset(name)
-        return load_coco_json(json_file, image_root, name,
-                              extra_annotation_keys=list(extra_annotation_keys) or None)
+        return _load_json_checked(name, json_file, lambda: load_coco_json(
+            json_file, image_root, name, extra_annotation_keys=list(extra_annotation_keys) or None))
 
     DatasetCatalog.register(name, load)
     MetadataCatalog.get(name).set(thing_classes=list(thing_classes), evaluator_type="coco")
@@ -101,16 +104,48 @@ def ensure_dataset(name: str) -> Tuple[str, str]:
     return json_file, image_root
 
 
-def get_detection_dataset_dicts(names: Union[str, Sequence[str]], **kwargs):
-    """detectron2's ``get_detection_dataset_dicts`` after :func:`ensure_dataset` on each name,
-    so a missing dataset fails with the path looked for, not deep inside a loader."""
+def _load_json_checked(name: str, json_file: str, load: Callable):
+    """Run a COCO-JSON loader; a malformed file fails naming the file and the position."""
+    try:
+        return load()
+    except json.JSONDecodeError as e:
+        raise DatasetError(
+            f"dataset {name!r}: {json_file} is not valid JSON ({e.msg} at line {e.lineno}, "
+            f"column {e.colno}). Expected a COCO-format annotation file.") from e
+
+
+def get_detection_dataset_dicts(names: Union[str, Sequence[str]], filter_empty: bool = True,
+                                strict: bool = False, check_files: bool = True, **kwargs):
+    """detectron2's ``get_detection_dataset_dicts`` with checks:
+
+    1. :func:`ensure_dataset` on each name (a missing dataset fails with the path looked for
+       and how to provide it, not deep inside a loader);
+    2. :func:`~balanced_det.data.validation.validate_dataset_dicts`: missing image files are
+       an error; degenerate boxes are dropped and boxes outside the image clipped, with a
+       warning (``strict=True``: an error instead);
+    3. then, if ``filter_empty``, images without a usable (non-crowd) box are removed, as
+       detectron2 does, so images emptied by step 2 are removed too.
+    """
     if isinstance(names, str):
         names = [names]
     for n in names:
         ensure_dataset(n)
-    dicts = _d2_get_detection_dataset_dicts(list(names), **kwargs)
+    try:
+        dicts = _d2_get_detection_dataset_dicts(list(names), filter_empty=False, **kwargs)
+    except AssertionError as e:  # detectron2: "Dataset '<name>' is empty!"
+        raise DatasetError(f"{e} Expected at least one image.") from e
+    dicts = validate_dataset_dicts(dicts, names, strict=strict, check_files=check_files)
+    if filter_empty:
+        before = len(dicts)
+        dicts = [d for d in dicts
+                 if any(a.get("iscrowd", 0) == 0 for a in d.get("annotations", []))]
+        if len(dicts) < before:
+            logger.info("Removed %d images with no usable annotations. %d images left.",
+                        before - len(dicts), len(dicts))
     if len(dicts) == 0:
-        raise ValueError(f"datasets {list(names)} hold no images after filtering ({kwargs})")
+        raise DatasetError(
+            f"datasets {list(names)} hold no images after filtering (filter_empty={filter_empty}); "
+            "expected at least one image with a non-crowd box")
     return dicts
 
 
@@ -134,8 +169,8 @@ def register_synthetic(name: str, spec: SyntheticSpec, split: str) -> None:
 def _check_builtin_coco_files(name: str, load: Callable):
     @functools.wraps(load)
     def checked():
-        ensure_dataset(name)
-        return load()
+        json_file, _ = ensure_dataset(name)
+        return _load_json_checked(name, json_file, load)
 
     return checked
 

@@ -32,8 +32,47 @@ class Checkpointer(DetectionCheckpointer):
       previous checkpoint and pointer intact, never a truncated file in their place;
     * native ``.pth`` files load with :func:`balanced_det.compat.torch_load`
       (``weights_only=True`` explicitly), and a truncated/corrupt file raises
-      :class:`CheckpointLoadError` naming it and the other checkpoints in its folder.
+      :class:`CheckpointLoadError` naming it and the other checkpoints in its folder;
+    * resuming from ``save_dir`` and ``load(..., strict=True)`` (``--eval-only``) refuse a
+      checkpoint of another architecture, listing missing/unexpected keys and shape
+      mismatches; initialising from other weights (``train.init_checkpoint``, fine-tuning)
+      keeps detectron2's behaviour: matching weights load, the rest is logged.
     """
+
+    _strict = False
+
+    def load(self, path: str, checkpointables=None, strict: bool = False):
+        self._strict = strict
+        self._loading = path
+        try:
+            return super().load(path, checkpointables)
+        finally:
+            self._strict = False
+
+    def resume_or_load(self, path: str, *, resume: bool = True):
+        if resume and self.has_checkpoint():
+            return self.load(self.get_checkpoint_file(), strict=True)
+        return self.load(path, checkpointables=[])
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        if self._strict and incompatible is not None and (
+                incompatible.missing_keys or incompatible.unexpected_keys
+                or incompatible.incorrect_shapes):
+            def short(keys):
+                keys = list(keys)
+                return ", ".join(keys[:8]) + (f" (+{len(keys) - 8} more)" if len(keys) > 8 else "")
+
+            shapes = [f"{k}: checkpoint {tuple(a)} vs model {tuple(b)}"
+                      for k, a, b in incompatible.incorrect_shapes]
+            raise CheckpointLoadError(
+                f"checkpoint {getattr(self, '_loading', '?')} does not match this model "
+                f"(written for another architecture or config). Missing keys: "
+                f"{short(incompatible.missing_keys) or 'none'}; unexpected keys: "
+                f"{short(incompatible.unexpected_keys) or 'none'}; shape mismatches: "
+                f"{short(shapes) or 'none'}. Use a new train.output_dir (or run without --resume) "
+                "to start this model, or the config that wrote the checkpoint.")
+        return incompatible
 
     def save(self, name: str, **kwargs: Any) -> None:
         if not self.save_dir or not self.save_to_disk:

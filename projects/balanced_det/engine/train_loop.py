@@ -6,22 +6,25 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 from typing import Any, Dict, Optional
 
 import torch
+from omegaconf import DictConfig, ListConfig
 
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_writers, hooks
-from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
 from ..data.cache import atomic_write_json
+from ..data.samplers import ResumableTrainingSampler
 from ..stats import prepare_model_with_dataset_stats
 from .checkpoint import Checkpointer
+from .launch import create_ddp_model
 from .trainer import Trainer
 
 __all__ = ["do_train", "do_test", "build_model", "cfg_get"]
@@ -65,8 +68,45 @@ def do_test(cfg, model) -> Dict[str, Any]:
     return results
 
 
+class _TrainLoaderFromPosition:
+    """The training loader, built when the first batch is needed, i.e. after ``--resume``
+    has restored ``trainer.iter``. If the config's loader builder takes a ``sampler`` and
+    none is configured, a :class:`ResumableTrainingSampler` starting at
+    ``start_iter * total_batch_size`` is used, so a resumed run continues the image stream
+    where it stopped (augmentation randomness is redrawn)."""
+
+    def __init__(self, loader_cfg, trainer_ref, seed: int):
+        self.loader_cfg = loader_cfg
+        self.trainer_ref = trainer_ref
+        self.seed = seed
+
+    def _build(self):
+        cfg = self.loader_cfg
+        builder = cfg._target_
+        if isinstance(builder, str):
+            from detectron2.config.instantiate import locate
+
+            builder = locate(builder)
+        params = inspect.signature(builder).parameters
+        if "sampler" not in params or cfg.get("sampler") is not None or "dataset" not in cfg:
+            return instantiate(cfg)
+        kwargs = {k: instantiate(v) if isinstance(v, (DictConfig, ListConfig)) else v
+                  for k, v in cfg.items() if k != "_target_"}
+        dataset = kwargs["dataset"]
+        batch = int(kwargs.get("total_batch_size", 1))
+        start = int(self.trainer_ref().iter) * batch
+        kwargs["sampler"] = ResumableTrainingSampler(len(dataset), seed=self.seed, start=start)
+        if start:
+            logger.info("Training data resumes at position %d (iteration %d)", start, start // batch)
+        return builder(**kwargs)
+
+    def __iter__(self):
+        yield from self._build()
+
+
 def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
-    """Train ``cfg.model``; evaluate every ``train.eval_period`` and at the end.
+    """Train ``cfg.model``; evaluate every ``train.eval_period`` iterations and at the end
+    (``train.eval_period <= 0``: no evaluation).
 
     Returns the last evaluation results (or None if there was no evaluation).
     """
@@ -74,7 +114,11 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    train_loader = instantiate(cfg.dataloader.train)
+    trainer_ref = {}
+    seed = cfg_get(cfg, "train.seed", -1)
+    train_loader = _TrainLoaderFromPosition(
+        cfg.dataloader.train, lambda: trainer_ref["trainer"],
+        seed=seed if seed is not None and seed >= 0 else comm.shared_random_seed())
     model = create_ddp_model(model, **cfg_get(cfg, "train.ddp", {}))
 
     checkpointer_holder = {}
@@ -97,6 +141,7 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
         nonfinite=cfg_get(cfg, "train.nonfinite", "raise"),
         on_nonfinite=save_last_good,
     )
+    trainer_ref["trainer"] = trainer
     checkpointer = Checkpointer(model, cfg.train.output_dir, trainer=trainer)
     checkpointer_holder["ckpt"] = checkpointer
     last_results: Dict[str, Any] = {}
@@ -112,7 +157,8 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
         if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, test_and_keep),
+        hooks.EvalHook(cfg.train.eval_period, test_and_keep)
+        if cfg.train.eval_period and cfg.train.eval_period > 0 else None,
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
                              period=cfg.train.log_period)
         if comm.is_main_process() else None,
