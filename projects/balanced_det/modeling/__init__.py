@@ -1,6 +1,15 @@
-"""detectron2 adapters: backbones, necks, heads and meta-architectures."""
+"""detectron2 adapters: backbones, necks, heads and meta-architectures.
+
+Importing this module registers the ROI heads and RPN in detectron2's registries.
+"""
 from .backbone import EfficientNetLite0, build_efficientnet_lite0_fpn
 from .dense_heads import FCOSStyleHead
+from .meta_arch.dw_fcos import DWFCOS
 from .meta_arch.fcos import FCOS
+from .meta_arch.rcnn import BalancedRCNN
+from .meta_arch.retinanet import BalancedRetinaNet
+from .necks.balanced_fpn import BalancedFPN
+from .roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
+from .rpn import BalancedRPN
 
 __all__ = [k for k in globals() if not k.startswith("_")]

@@ -40,7 +40,11 @@ class FCOSStyleHead(nn.Module):
       per-level learnable :class:`Scale`; the detector applies ReLU and multiplies by the
       stride) and ``quality`` (1 channel, 3x3 conv on the box tower: centerness for FCOS,
       objectness for DW),
-    * ``box_features``: the box tower's output, for heads that refine boxes from it.
+    * ``box_features``: the box tower's output, for heads that refine boxes from it,
+    * ``box_offsets`` (only with ``box_refine=True``): 8 channels from a 3x3 conv on the box
+      tower, the (dy, dx) sampling offsets of DW's box refinement
+      (:func:`balanced_det.ops.refine_ltrb`; the detector applies them, since it knows the
+      strides). Weights N(0, 0.01), bias 0, as every conv here (and the reference).
 
     GroupNorm is built with the real channel count (``compat.group_norm``), which detectron2
     v0.6's ``RetinaNetHead(norm="GN")`` fails to do on torch >= 1.12.
@@ -52,6 +56,8 @@ class FCOSStyleHead(nn.Module):
         norm: ``"GN"`` (32 groups) or ``""``.
         prior_prob: initial foreground probability of the classification logits.
         box_bias_init: initial bias of the box regression conv (DW uses 4.0).
+        use_scale: a learnable per-level scale on the box regression output.
+        box_refine: add the 8-channel box-refinement offset conv (DW-FCOS "refine").
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class FCOSStyleHead(nn.Module):
         prior_prob: float = 0.01,
         box_bias_init: float = 0.0,
         use_scale: bool = True,
+        box_refine: bool = False,
     ):
         super().__init__()
         channels = {s.channels for s in input_shape}
@@ -96,6 +103,9 @@ class FCOSStyleHead(nn.Module):
             [Scale(1.0) if use_scale else nn.Identity() for _ in range(self.num_levels)]
         )
         self.box_features_channels = c
+        self.box_refine = bool(box_refine)
+        if self.box_refine:
+            self.reg_offset = nn.Conv2d(c, 8, 3, padding=1)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -111,10 +121,14 @@ class FCOSStyleHead(nn.Module):
         out: Dict[str, List[torch.Tensor]] = {
             "logits": [], "box_reg": [], "quality": [], "box_features": []
         }
+        if self.box_refine:
+            out["box_offsets"] = []
         for feature, scale in zip(features, self.scales):
             box_feat = self.box_tower(feature)
             out["logits"].append(self.cls_score(self.cls_tower(feature)))
             out["box_reg"].append(scale(self.box_pred(box_feat)))
             out["quality"].append(self.quality(box_feat))
             out["box_features"].append(box_feat)
+            if self.box_refine:
+                out["box_offsets"].append(self.reg_offset(box_feat))
         return out

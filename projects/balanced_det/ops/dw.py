@@ -243,6 +243,7 @@ class DWImageTerms(NamedTuple):
     neg: Tensor  # sum P_neg s^2 BCE(s, 0)                (with grad)
     neg_norm: Tensor  # sum (1 - P_neg)                   (detached)
     num_gt: Tensor  # G                                   (detached)
+    pos_weight: Optional[Tensor] = None  # sum w_pos, for logging (detached)
 
 
 def _loc_term(pred_boxes: Tensor, gt_boxes: Tensor, w_pos: Tensor) -> Tensor:
@@ -314,7 +315,7 @@ def dw_image_terms(
     neg = (neg_w * s * s * -torch.log((1 - s).clamp(min=EPS))).sum()
     neg_norm = (1 - neg_w).sum()
     num_gt = torch.full((), float(G), device=s.device)  # a fill kernel, no host->device copy
-    return DWImageTerms(pos_cls, pos_loc, neg, neg_norm, num_gt)
+    return DWImageTerms(pos_cls, pos_loc, neg, neg_norm, num_gt, cls_w.sum())
 
 
 def dw_losses(

@@ -126,9 +126,10 @@ def nms_cluster_local_rank(
     boxes of different labels never interact (``batched_nms`` and a same-label mask).
 
     Tensor code only: ``nms``/``batched_nms`` (one host sync for its data-dependent output) and
-    an IoU matrix between all N boxes and the L leaders: memory N x L float32 (<= N^2; 2000
-    boxes -> at most 16 MB). If float rounding leaves a suppressed box without a leader at
-    IoU >= t, it forms its own cluster (local rank 0).
+    an IoU matrix between the S suppressed boxes and the L leaders (one more sync for S):
+    S x L float32 with S + L = N, so at most N^2 / 4 (2000 boxes -> at most 4 MB). If float
+    rounding leaves a suppressed box without a leader at IoU >= t, it forms its own cluster
+    (local rank 0).
 
     Returns:
         (local_ranks (N,) long, leader (N,) long: index of the box leading its cluster).
@@ -146,16 +147,19 @@ def nms_cluster_local_rank(
     else:
         keep = batched_nms(boxes, scores, labels, thr)
     # keep is sorted by decreasing score: the first matching column is the best leader.
-    iou = box_iou(boxes, boxes[keep])  # N x L
-    match = iou >= iou_threshold
-    if labels is not None:
-        match &= labels[:, None] == labels[keep][None, :]
-    has = match.any(dim=1)
-    first = match.to(torch.uint8).argmax(dim=1)
-    own = torch.arange(n, device=device)
-    leader = torch.where(has, keep[first], own)
-    leader[keep] = keep  # a leader leads its own cluster
+    # Only the suppressed boxes need a leader: IoU of those (S) with the leaders (L) only,
+    # S x L <= N^2 / 4 (one more host sync for S, as NMS already has for L).
     is_leader = torch.zeros(n, dtype=torch.bool, device=device)
     is_leader[keep] = True
+    others = torch.nonzero(~is_leader)[:, 0]
+    iou = box_iou(boxes[others], boxes[keep])  # S x L
+    match = iou >= iou_threshold
+    if labels is not None:
+        match &= labels[others][:, None] == labels[keep][None, :]
+    has = torch.ones(n, dtype=torch.bool, device=device)
+    has[others] = match.any(dim=1)
+    first = match.to(torch.uint8).argmax(dim=1) if others.numel() else others
+    leader = torch.arange(n, device=device)
+    leader[others] = torch.where(has[others], keep[first], others)
     key = torch.where(is_leader | ~has, torch.full_like(scores, float("inf")), scores)
     return local_rank(key, leader), leader

@@ -1,0 +1,10 @@
+"""PISA (ISR-P + CARL) RetinaNet, EfficientNet-Lite0-FPN, trees data, CPU.
+
+Differs from retinanet_effnet_lite0_FPN.py (same data, anchors, schedule and seed) only in
+the method's knobs: pisa_retinanet() in common/models/dense_methods.py.
+"""
+from ..common.models.dense_methods import pisa_retinanet
+from .retinanet_effnet_lite0_FPN import dataloader, lr_multiplier, model, optimizer, train
+
+pisa_retinanet(model)
+train.output_dir = "./output/trees/pisa_retinanet_effnet_lite0_FPN"

@@ -1,0 +1,10 @@
+"""Sampling-Free FCOS, EfficientNet-Lite0-FPN, trees data, CPU: BCE, guided loss,
+bias init, class-adaptive thresholds.
+
+Differs from fcos_effnet_lite0_FPN.py (same data, schedule and seed) only in the method's
+knobs: sampling_free_fcos() in common/models/dense_methods.py."""
+from ..common.models.dense_methods import sampling_free_fcos
+from .fcos_effnet_lite0_FPN import dataloader, lr_multiplier, model, optimizer, train
+
+sampling_free_fcos(model)
+train.output_dir = "./output/trees/sampling_free_fcos_effnet_lite0_FPN"

@@ -1,0 +1,137 @@
+"""Small two-stage parts (ROI heads, RPN) on random features, and crafted proposal batches."""
+import torch
+
+from detectron2.layers import ShapeSpec
+from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.poolers import ROIPooler
+from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
+from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, StandardROIHeads
+from detectron2.structures import Boxes, Instances
+
+from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
+from balanced_det.modeling.rpn import BalancedRPN
+
+NUM_CLASSES = 3
+CHANNELS = 8
+STRIDE = 8
+IMAGE = (128, 160)  # h, w
+
+
+def roi_parts(num_classes=NUM_CLASSES, predictor_cls=BalancedFastRCNNOutputLayers, matcher=None,
+              **predictor_kw):
+    return dict(
+        num_classes=num_classes,
+        batch_size_per_image=64,
+        positive_fraction=0.25,
+        proposal_matcher=matcher or Matcher([0.5], [0, 1], allow_low_quality_matches=False),
+        box_in_features=["p3"],
+        box_pooler=ROIPooler(output_size=7, scales=(1.0 / STRIDE,), sampling_ratio=0,
+                             pooler_type="ROIAlignV2"),
+        box_head=FastRCNNConvFCHead(ShapeSpec(channels=CHANNELS, height=7, width=7),
+                                    conv_dims=[], fc_dims=[32]),
+        box_predictor=predictor_cls(ShapeSpec(channels=32), num_classes=num_classes,
+                                    box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
+                                    test_score_thresh=0.05, **predictor_kw),
+    )
+
+
+def balanced_roi_heads(sampler="random", seed=0, predictor_kw=None, matcher=None, **kw):
+    torch.manual_seed(seed)
+    parts = roi_parts(matcher=matcher, **(predictor_kw or {}))
+    parts.update(kw)
+    return BalancedROIHeads(sampler=sampler, **parts)
+
+
+def standard_roi_heads(seed=0):
+    torch.manual_seed(seed)
+    return StandardROIHeads(**roi_parts(predictor_cls=FastRCNNOutputLayers))
+
+
+def features(batch=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    h, w = IMAGE
+    return {"p3": torch.randn(batch, CHANNELS, h // STRIDE, w // STRIDE, generator=g)}
+
+
+def jitter(boxes, n, scale, g):
+    """``n`` boxes around each of ``boxes`` (k x 4), shifted by up to ``scale`` of their size."""
+    b = boxes.repeat_interleave(n, dim=0)
+    wh = (b[:, 2:] - b[:, :2]).repeat(1, 2)
+    return b + (torch.rand(b.shape, generator=g) * 2 - 1) * scale * wh
+
+
+def crafted_image(gt_boxes, gt_classes, num_pos_per_gt=12, num_neg=150, seed=0):
+    """Targets and proposals for one image: jittered copies of every GT (mostly IoU >= 0.5),
+    boxes around the GTs with lower overlap (0 < IoU < 0.5) and random boxes. Each proposal's
+    ``objectness_logits`` is ``-(index + 1)`` (appended GTs get detectron2's +23), so sampled
+    proposals can be traced back (:func:`proposal_index`)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = IMAGE
+    gt_boxes = torch.as_tensor(gt_boxes, dtype=torch.float32).reshape(-1, 4)
+    parts = []
+    if len(gt_boxes):
+        parts += [jitter(gt_boxes, num_pos_per_gt, 0.08, g), jitter(gt_boxes, 10, 0.45, g)]
+    xy = torch.rand(num_neg, 2, generator=g) * torch.tensor([w - 30.0, h - 30.0])
+    wh = 8 + torch.rand(num_neg, 2, generator=g) * 30
+    parts.append(torch.cat([xy, xy + wh], dim=1))
+    boxes = torch.cat(parts)
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    proposals = Instances(IMAGE)
+    proposals.proposal_boxes = Boxes(boxes)
+    proposals.objectness_logits = -torch.arange(1, len(boxes) + 1, dtype=torch.float32)
+    targets = Instances(IMAGE)
+    targets.gt_boxes = Boxes(gt_boxes)
+    targets.gt_classes = torch.as_tensor(gt_classes, dtype=torch.long).reshape(-1)
+    return proposals, targets
+
+
+GTS = [
+    ([[10, 10, 50, 60], [60, 20, 120, 70], [30, 80, 90, 120]], [0, 1, 2]),
+    ([[20, 30, 70, 90], [90, 10, 150, 60]], [1, 1]),
+]
+
+
+def crafted_batch(**kw):
+    pairs = [crafted_image(b, c, seed=i, **kw) for i, (b, c) in enumerate(GTS)]
+    return [p for p, _ in pairs], [t for _, t in pairs]
+
+
+def rpn_parts():
+    return dict(
+        in_features=["p3"],
+        head=StandardRPNHead(in_channels=CHANNELS, num_anchors=3),
+        anchor_generator=DefaultAnchorGenerator(sizes=[[16, 32, 64]], aspect_ratios=[1.0],
+                                                strides=[STRIDE], offset=0.0),
+        anchor_matcher=Matcher([0.3, 0.7], [0, -1, 1], allow_low_quality_matches=True),
+        box2box_transform=Box2BoxTransform((1.0, 1.0, 1.0, 1.0)),
+        batch_size_per_image=64,
+        positive_fraction=0.5,
+        pre_nms_topk=(200, 100),
+        post_nms_topk=(100, 50),
+    )
+
+
+def balanced_rpn(seed=0, **kw):
+    torch.manual_seed(seed)
+    return BalancedRPN(**rpn_parts(), **kw)
+
+
+def standard_rpn(seed=0):
+    torch.manual_seed(seed)
+    return RPN(**rpn_parts())
+
+
+def image_list(batch=2):
+    from detectron2.structures import ImageList
+
+    h, w = IMAGE
+    return ImageList(torch.zeros(batch, 3, h, w), [IMAGE] * batch)
+
+
+def proposal_index(instances):
+    """Original proposal index of each sampled proposal (-1 for appended GT boxes)."""
+    logit = instances.objectness_logits
+    return torch.where(logit < 0, -logit - 1, torch.full_like(logit, -1)).long()
