@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+import resource
 import time
 from typing import Callable, Dict, Mapping, Optional
 
@@ -165,6 +166,7 @@ class Trainer(SimpleTrainer):
             storage.put_scalar("total_loss", sum(mean.values()))
             if len(mean) > 1:
                 storage.put_scalars(**mean)
+            storage.put_scalar("peak_mem_mb", peak_memory_mb(self.device_type), smoothing_hint=False)
         return True
 
     def state_dict(self):
@@ -180,6 +182,14 @@ class Trainer(SimpleTrainer):
             self.grad_scaler.load_state_dict(state_dict["grad_scaler"])
         if "rng" in state_dict:
             set_rng_state(state_dict["rng"], offset=comm.get_rank())
+
+
+def peak_memory_mb(device_type: str) -> float:
+    """Peak memory so far: allocated CUDA memory on GPU, the process's peak resident set size
+    (everything: model, activations, data) on CPU."""
+    if device_type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2 ** 20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
 def rng_state() -> dict:

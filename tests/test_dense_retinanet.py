@@ -1,0 +1,334 @@
+"""BalancedRetinaNet: detectron2-identical default, GHM / ISR-P / CARL / Sampling-Free /
+Balanced L1 plug-ins inside the detector, per-class thresholds, bad settings."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from fvcore.nn import sigmoid_focal_loss
+
+from detectron2.layers import cat
+from detectron2.utils.events import EventStorage
+
+from balanced_det.ops import GHMC, GHMR, balanced_l1_loss, bce_sampling_free_loss, isr_p_weights
+from balanced_det.ops.carl import carl_loss
+from balanced_det.stats import ForegroundStats
+from balanced_det.stats import DatasetStats
+from balanced_det.modeling.meta_arch.retinanet import aligned_iou, encode_box_deltas
+
+from helpers_dense import TWO_IMAGES, batch, tiny_retinanet
+
+
+def _same_weights(src, dst):
+    missing, unexpected = dst.load_state_dict(src.state_dict(), strict=False)
+    assert not unexpected and set(missing) <= {"loss_normalizer"}, (missing, unexpected)
+
+
+def _dense_inputs(model, inputs):
+    """Everything ``losses`` needs, from a real forward of ``model`` (train mode)."""
+    images = model.preprocess_image(inputs)
+    feats = model.backbone(images.tensor)
+    feats = [feats[f] for f in model.head_in_features]
+    preds = model.head(feats)
+    logits, deltas = model._transpose_dense_predictions(preds, [model.num_classes, 4])
+    anchors = model.anchor_generator(feats)
+    gts = [x["instances"] for x in inputs]
+    labels, boxes, matched = model.label_anchors_with_indices(anchors, gts)
+    return dict(anchors=anchors, pred_logits=logits, gt_labels=labels, pred_anchor_deltas=deltas,
+                gt_boxes=boxes, matched=matched, num_gts=[len(g) for g in gts])
+
+
+def _losses(model, d, **kw):
+    return model.losses(d["anchors"], d["pred_logits"], d["gt_labels"], d["pred_anchor_deltas"],
+                        d["gt_boxes"], matched_gt_idxs=d["matched"], num_gts=d["num_gts"], **kw)
+
+
+# ----------------------------------------------------------------------------- default
+def test_focal_default_equals_detectron2_retinanet():
+    torch.manual_seed(0)
+    ref = tiny_retinanet(detectron2_class=True)
+    ours = tiny_retinanet()
+    _same_weights(ref, ours)
+    ref.train()
+    ours.train()
+    inputs = batch(TWO_IMAGES)
+    with EventStorage(0):
+        for it in range(2):  # the EMA normaliser moves the same way
+            la = ref(inputs)
+            lb = ours(inputs)
+            assert set(la) == set(lb) == {"loss_cls", "loss_box_reg"}
+            for k in la:
+                torch.testing.assert_close(lb[k], la[k].float(), rtol=1e-5, atol=1e-6)
+            ref.zero_grad()
+            ours.zero_grad()
+            sum(la.values()).backward()
+            sum(lb.values()).backward()
+            for (n, pa), (_, pb) in zip(ref.named_parameters(), ours.named_parameters()):
+                torch.testing.assert_close(pb.grad, pa.grad, rtol=1e-4, atol=1e-7, msg=n)
+    assert float(ours.loss_normalizer) == pytest.approx(ref.loss_normalizer, rel=1e-6)
+    ref.eval()
+    ours.eval()
+    with torch.no_grad():
+        oa, ob = ref(inputs), ours(inputs)
+    for a, b in zip(oa, ob):
+        torch.testing.assert_close(b["instances"].scores, a["instances"].scores)
+        torch.testing.assert_close(b["instances"].pred_boxes.tensor,
+                                   a["instances"].pred_boxes.tensor)
+
+
+def test_normalizer_is_a_buffer_without_host_sync(monkeypatch):
+    torch.manual_seed(0)
+    model = tiny_retinanet(isr_p=True, carl=True, guided_loss=True).train()
+
+    def no_item(self):  # any .item() in the training step fails the test
+        raise AssertionError(".item() called in the training step")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_item)
+    with EventStorage(0):
+        losses = model(batch(TWO_IMAGES))
+    monkeypatch.undo()
+    assert "loss_normalizer" in model.state_dict()
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+# ----------------------------------------------------------------------------- GHM
+def test_ghm_one_ema_update_per_iteration_over_all_levels():
+    torch.manual_seed(0)
+    model = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm").train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        out = _losses(model, d)
+    # one update: every non-empty bin counted once
+    assert int(model.ghm_c.updates.max()) == 1 and int(model.ghm_r.updates.max()) == 1
+    # equal to one GHM-C / GHM-R call over all levels and images concatenated
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    valid = labels >= 0
+    pos = valid & (labels < C)
+    logits = cat(d["pred_logits"], 1)
+    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
+    ghmc = GHMC(bins=30, momentum=0.75).train()
+    ref_cls = ghmc(logits.reshape(-1, C), targets.reshape(-1, C), valid.reshape(-1, 1))
+    torch.testing.assert_close(out["loss_cls"], ref_cls)
+    anchors = cat([a.tensor for a in d["anchors"]])
+    gt_boxes = torch.stack(d["gt_boxes"])
+    safe = torch.where(pos[..., None], gt_boxes, anchors.expand_as(gt_boxes))
+    gt_deltas = encode_box_deltas(anchors.expand_as(gt_boxes), safe, (1.0, 1.0, 1.0, 1.0))
+    ghmr = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0).train()
+    ref_box = ghmr(cat(d["pred_anchor_deltas"], 1).reshape(-1, 4), gt_deltas.reshape(-1, 4),
+                   pos.reshape(-1))
+    torch.testing.assert_close(out["loss_box_reg"], ref_box)
+    torch.testing.assert_close(model.ghm_c.acc_sum, ghmc.acc_sum)
+    # a second iteration: at most two updates per bin; the buffers are in the state dict
+    with EventStorage(1):
+        _losses(model, d)
+    assert int(model.ghm_c.updates.max()) == 2
+    sd = model.state_dict()
+    for k in ("ghm_c.acc_sum", "ghm_c.updates", "ghm_r.acc_sum", "ghm_r.updates",
+              "loss_normalizer"):
+        assert k in sd
+    fresh = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm")
+    fresh.load_state_dict(sd)
+    torch.testing.assert_close(fresh.ghm_c.acc_sum, model.ghm_c.acc_sum)
+
+
+# ----------------------------------------------------------------------------- PISA
+def test_isr_p_weights_attached_to_the_right_anchors():
+    torch.manual_seed(0)
+    model = tiny_retinanet(isr_p=True).train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        loss = _losses(model, d)["loss_cls"]
+    normalizer = model.loss_normalizer  # updated once by the call above
+    C = model.num_classes
+    anchors = cat([a.tensor for a in d["anchors"]])
+    # Reference, image by image: positives, their IoU with their GT, batch-unique GT ids.
+    ious, ids, labels, ces, where = [], [], [], [], []
+    offset = 0
+    all_deltas = cat(d["pred_anchor_deltas"], 1).detach()
+    all_logits = cat(d["pred_logits"], 1).detach()
+    for i in range(2):
+        lab = d["gt_labels"][i]
+        pos = ((lab >= 0) & (lab < C)).nonzero()[:, 0]
+        deltas = all_deltas[i][pos]
+        pred = model.box2box_transform.apply_deltas(deltas, anchors[pos])
+        ious.append(aligned_iou(pred, d["gt_boxes"][i][pos]))
+        ids.append(d["matched"][i][pos] + offset)
+        offset += d["num_gts"][i]
+        labels.append(lab[pos])
+        tgt = F.one_hot(lab[pos], C).float()
+        ces.append(sigmoid_focal_loss(all_logits[i][pos], tgt, 0.25, 2.0, "none"))
+        where += [(i, int(a)) for a in pos]
+    w = isr_p_weights(torch.cat(ious), torch.cat(ids), torch.cat(labels), torch.cat(ces))
+    assert len(where) > 10 and not torch.allclose(w, torch.ones_like(w))
+    weight_map = torch.stack([(lab >= 0).float() for lab in d["gt_labels"]])
+    for (i, a), wi in zip(where, w):
+        weight_map[i, a] = wi
+    labels_all = torch.stack(d["gt_labels"])
+    targets = F.one_hot(torch.where(labels_all >= 0, labels_all, C), C + 1)[..., :C].float()
+    focal = sigmoid_focal_loss(cat(d["pred_logits"], 1), targets, 0.25, 2.0, "none")
+    expected = (focal * weight_map[..., None]).sum() / normalizer
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
+    # ISR-P keeps the total positive classification loss (renormalisation)
+    torch.testing.assert_close((torch.cat(ces).sum(1) * w).sum(), torch.cat(ces).sum())
+
+
+def test_carl_term_reaches_the_classifier():
+    torch.manual_seed(0)
+    model = tiny_retinanet(carl=True).train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        out = _losses(model, d)
+    assert set(out) == {"loss_cls", "loss_box_reg", "loss_carl"}
+    # value: CARL over the positives with sigmoid GT-class probabilities
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    img, anc = ((labels >= 0) & (labels < C)).nonzero(as_tuple=True)
+    logits = cat(d["pred_logits"], 1)
+    deltas = cat(d["pred_anchor_deltas"], 1)
+    anchors = cat([a.tensor for a in d["anchors"]])
+    tgt = encode_box_deltas(anchors[anc], torch.stack(d["gt_boxes"])[img, anc], (1, 1, 1, 1))
+    ref = carl_loss(logits[img, anc, labels[img, anc]].sigmoid(), deltas[img, anc], tgt,
+                    k=1.0, bias=0.2, beta=0.1, avg_factor=model.loss_normalizer)
+    torch.testing.assert_close(out["loss_carl"], ref)
+    out["loss_carl"].backward()
+    g = model.head.cls_score.weight.grad
+    assert g is not None and g.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- Libra, SF
+def test_balanced_l1_box_loss():
+    torch.manual_seed(0)
+    model = tiny_retinanet(box_reg_loss_type="balanced_l1").train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        out = _losses(model, d)
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    img, anc = ((labels >= 0) & (labels < C)).nonzero(as_tuple=True)
+    anchors = cat([a.tensor for a in d["anchors"]])
+    tgt = encode_box_deltas(anchors[anc], torch.stack(d["gt_boxes"])[img, anc], (1, 1, 1, 1))
+    ref = balanced_l1_loss(cat(d["pred_anchor_deltas"], 1)[img, anc], tgt, 0.5, 1.5, 0.11)
+    torch.testing.assert_close(out["loss_box_reg"], ref / model.loss_normalizer)
+
+
+def test_sampling_free_bce_normalised_by_positive_count():
+    torch.manual_seed(0)
+    # momentum 0: the normaliser is this batch's positive count (the reference's)
+    model = tiny_retinanet(cls_loss_type="bce", loss_normalizer_momentum=0.0).train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        out = _losses(model, d)
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    valid = labels >= 0
+    num_pos = (valid & (labels < C)).sum()
+    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
+    ref = bce_sampling_free_loss(cat(d["pred_logits"], 1), targets, num_pos, valid[..., None])
+    torch.testing.assert_close(out["loss_cls"], ref)
+    assert float(model.loss_normalizer) == float(num_pos)
+    # default momentum: detectron2's EMA (initial 100)
+    model2 = tiny_retinanet(cls_loss_type="bce").train()
+    with EventStorage(0):
+        out2 = _losses(model2, d)
+    torch.testing.assert_close(out2["loss_cls"] * (0.9 * 100 + 0.1 * num_pos.float()),
+                               ref * num_pos.float())
+
+
+def test_guided_loss_ratio():
+    torch.manual_seed(0)
+    plain = tiny_retinanet(cls_loss_type="bce")
+    guided = tiny_retinanet(cls_loss_type="bce", guided_loss=True)
+    _same_weights(plain, guided)
+    d = _dense_inputs(plain.train(), batch(TWO_IMAGES))
+    guided.train()
+    with EventStorage(0):
+        a = _losses(plain, d)
+        b = _losses(guided, d)
+    r = a["loss_box_reg"].detach() / a["loss_cls"].detach()
+    torch.testing.assert_close(b["loss_cls"], r * a["loss_cls"])
+    torch.testing.assert_close(b["loss_box_reg"], a["loss_box_reg"])
+
+
+def _fake_stats(name, fg, valid, class_counts):
+    return DatasetStats(counters={name: ForegroundStats(fg, valid)}, class_counts=class_counts,
+                        num_images=1, key={})
+
+
+def test_bias_init_and_class_thresholds_from_stats():
+    model = tiny_retinanet(sampling_free_init=True, class_adaptive_thresholds=True)
+    assert set(model.dataset_stats_counters()) == {"retinanet_anchors"}
+    model.apply_dataset_stats(_fake_stats("retinanet_anchors", 30, 1000, [6, 3, 1]))
+    prob = torch.sigmoid(model.head.cls_score.bias)
+    torch.testing.assert_close(prob, torch.full_like(prob, 0.03 / 3))
+    torch.testing.assert_close(model.class_score_thresholds, torch.tensor([0.018, 0.009, 0.003]))
+    assert "class_score_thresholds" in model.state_dict()
+    # not using the statistics: nothing is counted
+    assert tiny_retinanet().dataset_stats_counters() == {}
+    with pytest.raises(ValueError, match="class counts"):
+        model.apply_dataset_stats(_fake_stats("retinanet_anchors", 30, 1000, [1, 2]))
+
+
+def test_class_adaptive_thresholds_applied_per_class():
+    torch.manual_seed(0)
+    model = tiny_retinanet(class_adaptive_thresholds=True).eval()
+    model.class_score_thresholds.copy_(torch.tensor([2.0, -1.0, 2.0]))  # only class 1 passes
+    with torch.no_grad():
+        out = model(batch(TWO_IMAGES))
+    for o in out:
+        classes = o["instances"].pred_classes
+        assert len(classes) > 0 and bool((classes == 1).all())
+    model.class_score_thresholds.copy_(torch.tensor([-1.0, 2.0, -1.0]))
+    with torch.no_grad():
+        classes = model(batch(TWO_IMAGES))[0]["instances"].pred_classes
+    assert len(classes) > 0 and not bool((classes == 1).any())
+
+
+# ----------------------------------------------------------------------------- bad settings
+def test_unknown_loss_names_are_listed():
+    with pytest.raises(ValueError, match=r"cls_loss_type='softmax'.*'focal', 'bce', 'ghm'"):
+        tiny_retinanet(cls_loss_type="softmax")
+    with pytest.raises(ValueError,
+                       match=r"box_reg_loss_type='l2'.*'smooth_l1', 'giou', 'balanced_l1', 'ghm'"):
+        tiny_retinanet(box_reg_loss_type="l2")
+
+
+@pytest.mark.parametrize("kw, name", [
+    (dict(loss_normalizer_momentum=1.0), "loss_normalizer_momentum"),
+    (dict(isr_p=True, isr_p_beta=1.5), "isr_p_beta"),
+    (dict(carl=True, carl_bias=-0.1), "carl_bias"),
+    (dict(box_reg_loss_type="balanced_l1", balanced_l1_beta=0.0), "balanced_l1_beta"),
+    (dict(cls_loss_type="ghm", ghmc_momentum=1.0), "momentum"),
+    (dict(guided_loss=True, guided_loss_w_cls=0.0), "guided_loss_w_cls"),
+])
+def test_out_of_range_hyperparameters_are_named(kw, name):
+    with pytest.raises(ValueError, match=name):
+        tiny_retinanet(**kw)
+
+
+def test_isr_p_with_ghm_is_refused():
+    with pytest.raises(ValueError, match="isr_p"):
+        tiny_retinanet(isr_p=True, cls_loss_type="ghm")
+
+
+def test_huge_logits_stay_finite():
+    torch.manual_seed(0)
+    model = tiny_retinanet(isr_p=True, carl=True).train()
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    d["pred_logits"] = [x * 1e4 for x in d["pred_logits"]]
+    with EventStorage(0):
+        out = _losses(model, d)
+    assert all(math.isfinite(float(v.detach())) for v in out.values())
+
+
+def test_config_overrides_are_checked_against_all_arguments():
+    from balanced_det.config import ConfigKeyError, load_config
+
+    from conftest import all_config_files, rel
+
+    path = [p for p in all_config_files()
+            if rel(p) == "COCO-Detection/pisa_retinanet_R_50_FPN_1x.py"][0]
+    cfg = load_config(path, ["model.carl_k=2.0", "model.smooth_l1_beta=0.11"])  # own, base
+    assert cfg.model.carl_k == 2.0 and cfg.model.smooth_l1_beta == 0.11
+    with pytest.raises(ConfigKeyError, match="did you mean carl_k"):
+        load_config(path, ["model.carl_kk=2.0"])
