@@ -37,7 +37,8 @@ def main(args):
     default_setup(cfg, args)
     logger.info("balanced_det environment: %s", balanced_det.compat.describe())
     if args.eval_only:
-        model = build_model(cfg)
+        # Weights, and Sampling-Free thresholds (persistent buffers), come from the checkpoint.
+        model = build_model(cfg, with_dataset_stats=False)
         model = create_ddp_model(model)
         ckpt = Checkpointer(model, cfg.train.output_dir)
         if args.resume and ckpt.has_checkpoint():

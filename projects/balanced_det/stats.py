@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from abc import ABCMeta, abstractmethod
 import hashlib
 import json
 import logging
@@ -113,17 +114,20 @@ class DatasetStats:
         )
 
 
-class DatasetStatsUser:
+class DatasetStatsUser(metaclass=ABCMeta):
     """Interface of models that initialise themselves from dataset statistics."""
 
-    def dataset_stats_counters(self) -> Dict[str, Counter]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def dataset_stats_counters(self) -> Dict[str, Counter]:
+        """Counter functions by name ({} when the model needs no statistics)."""
 
-    def dataset_stats_key(self) -> Dict[str, Any]:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def dataset_stats_key(self) -> Dict[str, Any]:
+        """The settings the counts depend on (anchors, matchers, ...): part of the cache key."""
 
-    def apply_dataset_stats(self, stats: DatasetStats) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def apply_dataset_stats(self, stats: DatasetStats) -> None:
+        """Initialise from the statistics (bias initialisation, thresholds)."""
 
 
 @dataclasses.dataclass

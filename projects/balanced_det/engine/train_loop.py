@@ -43,12 +43,15 @@ def cfg_get(cfg, dotted: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
-def build_model(cfg) -> torch.nn.Module:
+def build_model(cfg, with_dataset_stats: bool = True) -> torch.nn.Module:
     """Instantiate ``cfg.model``; models that initialise from dataset statistics
     (Sampling-Free) get them here, on the CPU, before moving to ``train.device`` and before
-    any checkpoint is loaded."""
+    any checkpoint is loaded. ``with_dataset_stats=False`` (evaluation of a checkpoint: the
+    bias is trained and the class-adaptive thresholds are persistent buffers restored from
+    the checkpoint) skips counting, so the training annotations need not be present."""
     model = instantiate(cfg.model)
-    prepare_model_with_dataset_stats(model, cfg)
+    if with_dataset_stats:
+        prepare_model_with_dataset_stats(model, cfg)
     model.to(cfg.train.device)
     return model
 

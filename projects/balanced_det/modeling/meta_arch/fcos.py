@@ -25,6 +25,8 @@ and :class:`SamplingFreeStatsMixin` (also used by the RetinaNet).
 """
 from __future__ import annotations
 
+from abc import ABCMeta, abstractmethod
+
 import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -95,7 +97,7 @@ def check_range(name: str, value: float, low: Optional[float] = None,
     return v
 
 
-class SamplingFreeStatsMixin:
+class SamplingFreeStatsMixin(metaclass=ABCMeta):
     """Sampling-Free parts that need the dataset statistics (SPEC 1.8), for sigmoid dense
     detectors; implements :class:`balanced_det.stats.DatasetStatsUser`.
 
@@ -147,16 +149,19 @@ class SamplingFreeStatsMixin:
             theta = _class_adaptive_thresholds(fg, counts)
             self.class_score_thresholds.copy_(theta.to(self.class_score_thresholds))
 
-    # to implement ------------------------------------------------------------------------
+    # provided by each detector ------------------------------------------------------------
+    @abstractmethod
     def count_foreground(self, image_size: Tuple[int, int], gt_boxes: Tensor,
-                         gt_classes: Tensor) -> Tuple[int, int]:  # pragma: no cover
-        raise NotImplementedError
+                         gt_classes: Tensor) -> Tuple[int, int]:
+        """(N_f, N) of one training image with the detector's own assignment rule."""
 
-    def stats_key_settings(self) -> Dict[str, Any]:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def stats_key_settings(self) -> Dict[str, Any]:
+        """The assignment settings the counts depend on (part of the statistics cache key)."""
 
-    def classification_bias(self) -> Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abstractmethod
+    def classification_bias(self) -> Tensor:
+        """The bias tensor of the classification conv (set by ``sampling_free_init``)."""
 
     def per_class_score_thresholds(self, like: Tensor, num_classes: int,
                                    global_thresh: float) -> Tensor:
@@ -166,7 +171,7 @@ class SamplingFreeStatsMixin:
         return like.new_full((num_classes,), global_thresh)
 
 
-class DensePointDetector(DenseDetector):
+class DensePointDetector(DenseDetector, metaclass=ABCMeta):
     """Point-based dense detector base (FCOS, DW-FCOS): points, box decoding and inference.
 
     Subclasses implement :meth:`scores` (N, R, C) and the training step; :meth:`box_distances`
@@ -234,9 +239,9 @@ class DensePointDetector(DenseDetector):
         return self.predicted_ltrb(predictions["box_reg"], strides)
 
     # ------------------------------------------------------------------ inference
-    def scores(self, predictions: Dict[str, List[Tensor]]) -> Tensor:  # pragma: no cover
+    @abstractmethod
+    def scores(self, predictions: Dict[str, List[Tensor]]) -> Tensor:
         """(N, R, C) detection scores, float32."""
-        raise NotImplementedError
 
     def forward_inference(self, images: ImageList, features: List[Tensor],
                           predictions: Dict[str, List[Tensor]]):
