@@ -9,14 +9,18 @@ initialisation: timings do not depend on the weights).
 Rows:
 
 1. DW weighting (bags, centre prior, IoU/GIoU, positive and negative weights; no grad) of the
-   batch: ``balanced_det.ops.dw`` (vectorised over points x GTs) against per-GT Python loops
-   written here: the loop form of the same maths (one (P,)-column per GT, negative weights
-   normalised on the GT's bag with boolean indexing as the reference, strongwolf/DW) -- target
-   >= 5x faster -- and a loop that first compacts each GT's bag (``nonzero``) and computes on
-   those points only. Also a sparse-pair prototype (bag pairs only, no GT loop), a proposal
-   for ``ops.dw``, for comparison.
-2. The DW loss of the batch, forward + backward: vectorised (``DWFCOS.losses``) against the same
-   per-GT loop with autograd (information only).
+   batch: the library's ``balanced_det.ops.dw.dw_image_weights`` (the computation
+   ``dw_image_terms`` runs: the (point, GT) pairs of the candidate bags, one ``nonzero`` per
+   image, per-GT sums / min / max by ``index_add_`` / ``scatter_reduce``, no GT loop) against
+   per-GT Python loops written here: the loop form of the same maths (one (P,)-column per GT,
+   negative weights normalised on the GT's bag with boolean indexing as the reference,
+   strongwolf/DW) -- target >= 5x faster -- and a loop that first compacts each GT's bag
+   (``nonzero``) and computes on those points only. Also the dense (P, G) form built from the
+   module's dense functions (``dw_candidate_bag``, ``dw_center_prior``, ...; what
+   ``dw_image_terms`` computed before the bag-pair version), for comparison.
+2. The DW loss of the batch, forward + backward: the library (``dw_image_terms`` +
+   ``dw_losses``, as ``DWFCOS.losses``) against the same per-GT loop with autograd (information
+   only: both contain the negative term over all P x C scores).
 3. A DW-FCOS training step (forward, backward, SGD step; refinement off) against our FCOS
    training step, same backbone and input. Target: time <= 1.15x.
 4. Peak memory of those two steps. Target: <= 1.2x. CUDA: ``torch.cuda.max_memory_allocated``
@@ -63,6 +67,7 @@ from balanced_det.ops.dw import (  # noqa: E402
     dw_negative_weights,
     dw_pairwise_iou_giou,
     dw_positive_weights,
+    dw_image_weights,
 )
 from balanced_det.ops.points import grid_points  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
@@ -146,8 +151,16 @@ def timeit(fn: Callable[[], object], device, repeats: int) -> float:
 
 
 # ----------------------------------------------------------------------------- DW weighting
-def dw_weights_vectorised(points, strides, scores, boxes, gts, num_classes):
-    """All DW weights of the batch with the library's (P, G) ops."""
+def dw_weights_library(points, strides, scores, boxes, gts, num_classes):
+    """All DW weights of the batch, as the library computes them (``dw_image_weights``: bag pairs
+    only, what ``dw_image_terms`` runs before its loss sums)."""
+    return [dw_image_weights(s, b, points, strides, gb, gl) for s, b, (gb, gl)
+            in zip(scores, boxes, gts)]
+
+
+def dw_weights_dense(points, strides, scores, boxes, gts, num_classes):
+    """All DW weights of the batch with the module's dense (P, G) functions (the previous
+    ``dw_image_terms``)."""
     out = []
     for s, b, (gb, gl) in zip(scores, boxes, gts):
         bag = dw_candidate_bag(points, gb)
@@ -215,7 +228,7 @@ def dw_weights_per_gt_loop(points, strides, scores, boxes, gts, num_classes, gra
 
 
 def dw_weights_per_gt_columns(points, strides, scores, boxes, gts, num_classes):
-    """The loop form of the vectorised maths: one GT per iteration over all points (a column of
+    """The loop form of the dense (P, G) maths: one GT per iteration over all points (a column of
     the (P, G) matrices), masks instead of compaction; the negative-weight normalisation on the
     GT's bag with boolean indexing, as the reference's loop."""
     out = []
@@ -242,54 +255,6 @@ def dw_weights_per_gt_columns(points, strides, scores, boxes, gts, num_classes):
     return out
 
 
-def _giou_pairs(b, g):
-    """IoU, GIoU loss of b[k] with g[k] (K, 4)."""
-    lt = torch.maximum(b[:, :2], g[:, :2])
-    rb = torch.minimum(b[:, 2:], g[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[:, 0] * wh[:, 1]
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    area_g = (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1])
-    union = (area_b + area_g - inter).clamp(min=1e-6)
-    iou = inter / union
-    elt = torch.minimum(b[:, :2], g[:, :2])
-    erb = torch.maximum(b[:, 2:], g[:, 2:])
-    ewh = (erb - elt).clamp(min=0)
-    enc = (ewh[:, 0] * ewh[:, 1]).clamp(min=1e-6)
-    return iou, 1 - iou + (enc - union) / enc
-
-
-def dw_weights_sparse_pairs(points, strides, scores, boxes, gts, num_classes, sigma=1.11):
-    """PROTOTYPE, not used by the library: the same weights computed on the (point, GT) pairs
-    of the candidate bags only (``bag.nonzero()``: one host sync per image), per-GT sums /
-    min / max by ``index_add_`` / ``scatter_reduce``; no (P, G) float matrices and no GT loop.
-    A proposal for ``balanced_det.ops.dw`` (its (P, G) formulation is GPU-friendly but does
-    ~20x more arithmetic than needed on a CPU)."""
-    out = []
-    C = num_classes
-    for s, b, (gb, gl) in zip(scores, boxes, gts):
-        G = gb.shape[0]
-        x, y = points[:, 0:1], points[:, 1:2]
-        bag = (x > gb[:, 0]) & (x < gb[:, 2]) & (y > gb[:, 1]) & (y < gb[:, 3])
-        pi, gj = bag.nonzero(as_tuple=True)
-        g, lab = gb[gj], gl[gj]
-        d = (points[pi] - (g[:, :2] + g[:, 2:]) / 2) / strides[pi, None]
-        prior = torch.exp(-(d * d).sum(1) / (2 * sigma ** 2))
-        iou, giou = _giou_pairs(b[pi], g)
-        v = s[pi, lab] * torch.exp(-5 * giou)
-        den = torch.zeros(G, device=s.device).index_add_(0, gj, torch.exp(3 * v) * v * prior)
-        w = torch.exp(5 * v) * v * prior / den.clamp(min=EPS)[gj]
-        t = (4.0 / 3.0) * (1 - iou * iou)
-        tmin = torch.full((G,), float("inf"), device=s.device).scatter_reduce(0, gj, t, "amin")
-        tmax = torch.full((G,), -float("inf"), device=s.device).scatter_reduce(0, gj, t, "amax")
-        yv = (t - tmin[gj] + EPS) / (tmax[gj].clamp(max=1.0) - tmin[gj] + EPS)
-        yv = torch.where(iou < 0.5, torch.ones_like(yv), yv)
-        p_neg = torch.ones(points.shape[0] * C, device=s.device).scatter_reduce(
-            0, pi * C + lab, yv, "amin").view(-1, C)
-        out.append(((pi, gj, w), p_neg))
-    return out
-
-
 def bench_dw(args, device) -> List[Dict]:
     from balanced_det.modeling.meta_arch.dw_fcos import DWFCOS  # noqa: F401
     from balanced_det.ops.dw import dw_image_terms, dw_losses
@@ -299,21 +264,29 @@ def bench_dw(args, device) -> List[Dict]:
     with torch.no_grad():
         scores = logits.sigmoid() * obj.sigmoid()
         boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
-    # sanity: both versions give the same negative weights
-    a = dw_weights_vectorised(points, strides, scores, boxes, gts, C)
+    # sanity: every version gives the same weights
+    a = dw_weights_library(points, strides, scores, boxes, gts, C)
     b = dw_weights_per_gt_loop(points, strides, scores, boxes, gts, C)
-    c = dw_weights_sparse_pairs(points, strides, scores, boxes, gts, C)
+    d = dw_weights_dense(points, strides, scores, boxes, gts, C)
     e = dw_weights_per_gt_columns(points, strides, scores, boxes, gts, C)
-    for (_, pa), (_, pb), (_, pc), (_, pe) in zip(a, b, c, e):
-        assert torch.allclose(pa, pe, atol=1e-5), "vectorised and column-loop weights differ"
-        assert torch.allclose(pa, pb, atol=1e-5), "vectorised and loop weights differ"
-        assert torch.allclose(pa, pc, atol=1e-5), "vectorised and sparse-pair weights differ"
-    for (wa, _), ((pi, gj, wc), _) in zip(a, c):
-        assert torch.allclose(wa[pi, gj], wc, rtol=1e-4, atol=1e-6)
+    for wa, (wb, pb), (wd, pd), (we, pe) in zip(a, b, d, e):
+        for other in (pb, pd, pe):
+            assert torch.allclose(wa.neg, other, atol=1e-5), "negative weights differ"
+        # library pairs are GT-major, points ascending: the loop's per-GT bag vectors in order
+        assert torch.allclose(wa.pos, torch.cat([w for w in wb if w is not None]),
+                              rtol=1e-4, atol=1e-6), "positive weights differ (loop)"
+        assert torch.allclose(wa.pos, wd[wa.point_idx, wa.gt_idx], rtol=1e-4, atol=1e-6)
+        assert torch.allclose(wa.pos, torch.stack(we, 1)[wa.point_idx, wa.gt_idx],
+                              rtol=1e-4, atol=1e-6)
+        assert int((wd > 0).sum()) <= wa.pos.numel()
 
-    def vec():
+    def ours():
         with torch.no_grad():
-            dw_weights_vectorised(points, strides, scores, boxes, gts, C)
+            dw_weights_library(points, strides, scores, boxes, gts, C)
+
+    def dense():
+        with torch.no_grad():
+            dw_weights_dense(points, strides, scores, boxes, gts, C)
 
     def loop():
         with torch.no_grad():
@@ -323,13 +296,9 @@ def bench_dw(args, device) -> List[Dict]:
         with torch.no_grad():
             dw_weights_per_gt_columns(points, strides, scores, boxes, gts, C)
 
-    def sparse():
-        with torch.no_grad():
-            dw_weights_sparse_pairs(points, strides, scores, boxes, gts, C)
-
-    t_vec = timeit(vec, device, args.repeats)
+    t_ours = timeit(ours, device, args.repeats)
     t_loop = timeit(loop, device, args.repeats)
-    t_sparse = timeit(sparse, device, args.repeats)
+    t_dense = timeit(dense, device, args.repeats)
     t_cols = timeit(columns, device, args.repeats)
 
     lg = logits.clone().requires_grad_()
@@ -350,17 +319,19 @@ def bench_dw(args, device) -> List[Dict]:
     t_vl = timeit(vec_loss, device, args.repeats)
     t_ll = timeit(loop_loss, device, args.repeats)
     P = points.shape[0]
+    pairs = sum(w.pos.numel() for w in a)
     return [
-        dict(name=f"DW weights, 2 x {P} points x {args.num_gt} GTs, {C} classes (no grad)",
-             ours=t_vec, ref=t_cols, ref_name="per-GT loop over all points", kind="speedup",
+        dict(name=f"DW weights, 2 x {P} points x {args.num_gt} GTs ({pairs} bag pairs), {C} "
+             "classes (no grad): ops.dw.dw_image_weights",
+             ours=t_ours, ref=t_cols, ref_name="per-GT loop over all points", kind="speedup",
              target=5.0),
-        dict(name="DW weights (same)", ours=t_vec, ref=t_loop,
+        dict(name="DW weights (same)", ours=t_ours, ref=t_loop,
              ref_name="per-GT loop over bag points", kind="speedup", target=None),
-        dict(name="DW weights: sparse-pair prototype (proposal, not used by the library)",
-             ours=t_sparse, ref=t_loop, ref_name="per-GT loop over bag points", kind="speedup",
-             target=None),
-        dict(name="DW loss forward + backward", ours=t_vl, ref=t_ll,
-             ref_name="per-GT loop over bag points", kind="speedup", target=None),
+        dict(name="DW weights: dense (P, G) form (module's dense functions; the previous "
+             "dw_image_terms), for comparison", ours=t_dense, ref=t_cols,
+             ref_name="per-GT loop over all points", kind="speedup", target=None),
+        dict(name="DW loss forward + backward: ops.dw.dw_image_terms + dw_losses", ours=t_vl,
+             ref=t_ll, ref_name="per-GT loop over bag points", kind="speedup", target=None),
     ]
 
 
@@ -573,7 +544,8 @@ def main():
     h, w = image_size(args)
     print(f"# bench_dense: 2 images {h}x{w}, {args.num_gt} GTs/image, {args.num_classes} classes,"
           f" R50-FPN P3-P7, device {device} ({machine(device)}), amp={args.amp}, "
-          f"median of {args.repeats} after 1 warm-up\n", flush=True)
+          f"median of {args.repeats} after 1 warm-up; load average at start "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n", flush=True)
     rows = []
     only = set(args.only or ["dw", "steps", "ghm"])
     if "dw" in only:

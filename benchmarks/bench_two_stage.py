@@ -19,6 +19,9 @@ Columns:
   (forward, backward, SGD step; random initialisation, 2 images, same machine).
   Target: <= 5 %.
 
+The Libra sampler rows are repeated on a COCO-crowded image (``--crowded-gt``, default 50 GTs).
+Rows below the 5x target are listed after the table with the reason.
+
 Rows "(head)" time what the ROI head adds to a training step for that sampler (matching,
 sampling, weights; ``label_and_sample_proposals`` or ISR-P's ``_apply_isr_p``) with the extra
 box-head forward of OHEM / ISR-N excluded; that forward over the candidate proposals is part of
@@ -26,6 +29,7 @@ those methods and has its own row.
 
     python benchmarks/bench_two_stage.py                  # full workload (CPU: minutes)
     python benchmarks/bench_two_stage.py --quick          # 400 x 667, 500 proposals (a check)
+    python benchmarks/bench_two_stage.py --threads 1 --no-step   # ops and head rows only
     python benchmarks/bench_two_stage.py --device cuda --repeats 10
 
 Timings: median over ``--repeats`` runs after one warm-up run; CUDA synchronised around each.
@@ -272,29 +276,41 @@ def bench(args, device) -> List[Dict]:
     def add(name, ours, loop=None, agree=None, note=""):
         rows.append(dict(name=name, ours=ours, loop=loop, agree=agree, note=note))
 
-    # 1. instance-balanced positives (per image: both images); at most half the candidates so
-    #    that the balancing path runs (with fewer candidates than k_pos both return them all)
-    gid = gt_idx[pos]
-    k_ib = max(1, min(k_pos, gid.numel() // 2))
-    ours = timeit(lambda: [instance_balanced_pos_sample(gid, k_ib) for _ in range(2)],
-                  device, args.repeats)
-    loop = timeit(lambda: [instance_balanced_loop(gid, k_ib) for _ in range(2)],
-                  device, args.repeats)
-    a, b = instance_balanced_pos_sample(gid, k_ib), instance_balanced_loop(gid, k_ib)
-    add("Libra instance-balanced positives (ops, 2 img)", ours, loop,
-        agree=a.numel() == b.numel() == a.unique().numel(),
-        note=f"{k_ib} of {pos.numel()} positive candidates, {args.num_gt} GTs; random: sizes "
-             "compared")
+    # 1-2. Libra samplers, at the reference workload and (--crowded-gt) a COCO-crowded image
+    sampler_cases = [(args.num_gt, max_iou, gt_idx, pos, neg)]
+    if args.crowded_gt and args.crowded_gt != args.num_gt:
+        cargs = argparse.Namespace(**{**vars(args), "num_gt": args.crowded_gt})
+        cprops, ctargets = make_batch(cargs, device, seed=7)
+        ccand = Boxes.cat([cprops[0].proposal_boxes, ctargets[0].gt_boxes])
+        cmax, cgt = pairwise_iou(ctargets[0].gt_boxes, ccand).max(dim=0)
+        sampler_cases.append((args.crowded_gt, cmax, cgt, torch.nonzero(cmax >= 0.5)[:, 0],
+                              torch.nonzero(cmax < 0.5)[:, 0]))
+    for n_gt, m_iou, g_idx, p_idx, n_idx in sampler_cases:
+        # instance-balanced positives (per image: both images); at most half the candidates
+        # so that the balancing path runs (with fewer candidates than k_pos both return all)
+        gid = g_idx[p_idx]
+        k_ib = max(1, min(k_pos, gid.numel() // 2))
+        ours = timeit(lambda: [instance_balanced_pos_sample(gid, k_ib) for _ in range(2)],
+                      device, args.repeats)
+        loop = timeit(lambda: [instance_balanced_loop(gid, k_ib) for _ in range(2)],
+                      device, args.repeats)
+        a, b = instance_balanced_pos_sample(gid, k_ib), instance_balanced_loop(gid, k_ib)
+        add(f"Libra instance-balanced positives (ops, 2 img, {n_gt} GTs)", ours, loop,
+            agree=a.numel() == b.numel() == a.unique().numel(),
+            note=f"{k_ib} of {p_idx.numel()} positive candidates of "
+                 f"{int(g_idx[p_idx].unique().numel())} GTs; random: sizes compared")
 
-    # 2. IoU-balanced negatives
-    miou = max_iou[neg]
-    ours = timeit(lambda: [iou_balanced_neg_sample(miou, num - k_pos) for _ in range(2)],
-                  device, args.repeats)
-    loop = timeit(lambda: [iou_balanced_loop(miou, num - k_pos) for _ in range(2)],
-                  device, args.repeats)
-    add("Libra IoU-balanced negatives (ops, 2 img)", ours, loop,
-        agree=iou_balanced_neg_sample(miou, 384).numel() == iou_balanced_loop(miou, 384).numel(),
-        note="3 bins; random: sizes compared")
+        # IoU-balanced negatives
+        miou = m_iou[n_idx]
+        ours = timeit(lambda: [iou_balanced_neg_sample(miou, num - k_pos) for _ in range(2)],
+                      device, args.repeats)
+        loop = timeit(lambda: [iou_balanced_loop(miou, num - k_pos) for _ in range(2)],
+                      device, args.repeats)
+        add(f"Libra IoU-balanced negatives (ops, 2 img, {n_gt} GTs)", ours, loop,
+            agree=(iou_balanced_neg_sample(miou, 384).numel()
+                   == iou_balanced_loop(miou, 384).numel()),
+            note=f"{num - k_pos} of {n_idx.numel()} negatives, 3 bins (the loop: 3 "
+                 "iterations, independent of the GT count); random: sizes compared")
 
     # 3. OHEM top-k
     g = torch.Generator().manual_seed(1)
@@ -476,6 +492,10 @@ def main():
     p.add_argument("--num-gt", type=int, default=15)
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--num-proposals", type=int, default=2000)
+    p.add_argument("--no-step", action="store_true",
+                   help="skip the R50 training step (c): the 'ours / step' column shows '-'")
+    p.add_argument("--crowded-gt", type=int, default=50,
+                   help="GTs of the extra COCO-crowded sampler rows (0: none)")
     args = p.parse_args()
     args.size = (800, 1333)
     if args.quick:
@@ -484,21 +504,37 @@ def main():
         torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
+    load_at_start = os.getloadavg()[0]
     rows = bench(args, device)
-    step = training_step_ms(args, device)
+    step = None if args.no_step else training_step_ms(args, device)
     print(f"\n## Two-stage balanced learning: speed ({machine(device)})\n")
     print(f"Workload: 2 images {args.size[0]}x{args.size[1]}, {args.num_proposals} proposals + "
           f"{args.num_gt} GTs per image, {args.num_classes} classes, 512 ROIs/image; "
-          f"median of {args.repeats} run(s).\n")
-    print(f"(c) detectron2 R50-FPN Faster R-CNN training step: **{fmt(step)} ms**\n")
+          f"median of {args.repeats} run(s); load average at start {load_at_start:.2f} on "
+          f"{os.cpu_count()} CPUs.\n")
+    print(f"(c) detectron2 R50-FPN Faster R-CNN training step: **{fmt(step)} ms**"
+          + (" (not measured: --no-step)" if step is None else "") + "\n")
     print("| component | ours (ms) | loop (ms) | loop / ours | ours / step | same result | "
           "notes |")
     print("|---|---:|---:|---:|---:|:-:|---|")
     for r in rows:
         speedup = f"{r['loop'] / r['ours']:.1f}x" if r["loop"] else "-"
         agree = "-" if r["agree"] is None else ("yes" if r["agree"] else "NO")
+        of_step = "-" if step is None else f"{100 * r['ours'] / step:.2f} %"
         print(f"| {r['name']} | {fmt(r['ours'])} | {fmt(r['loop'])} | {speedup} | "
-              f"{100 * r['ours'] / step:.2f} % | {agree} | {r['note']} |")
+              f"{of_step} | {agree} | {r['note']} |")
+    short = [f"{r['name']}: {r['loop'] / r['ours']:.1f}x ({fmt(r['ours'])} vs {fmt(r['loop'])} ms)"
+             for r in rows if r["loop"] and r["loop"] / r["ours"] < 5.0]
+    if short:
+        print("\nNOTE: below the 5x target: " + "; ".join(short) + ".")
+        print("Libra samplers and OHEM are sub-millisecond selections over a few hundred "
+              "(positives) to ~2000 (negatives) candidates: ours is one pass of ~15-25 small "
+              "tensor ops (no loop, no host sync), and on a CPU each op costs a few microseconds "
+              "of dispatch whatever its size, so time ~ op count. The IoU-balanced loop runs "
+              "over 3 bins (~25 ops, whatever the GT count) and OHEM has no loop to remove, so 5x "
+              "below them would take ~5 ops: not reachable on CPU. The instance-balanced loop "
+              "grows with the GTs (compare the crowded rows). The loop baselines are the "
+              "straightforward tensor versions, unchanged.")
     bad = [r["name"] for r in rows if r["agree"] is False]
     if bad:
         print(f"\nWARNING: loop and ours disagree on: {', '.join(bad)}")

@@ -5,19 +5,12 @@ the synthetic configs. Same schedule and seed as the synthetic dense configs.
 Expected time on this 2-core CPU: ~1.2 s/iteration (measured with 1 thread on a shared
 machine), ~6 minutes for 300 iterations + evaluation.
 """
+from ..common.cpu import cpu_schedule
 from ..common.data.synthetic import dataloader
 from ..common.models.faster_rcnn_fpn import model
 from ..common.models.lite0 import lite0_rcnn
 from ..common.optim import SGD as optimizer
-from ..common.schedules import multistep
 from ..common.train import train
 
 lite0_rcnn(model, num_classes=6)
-optimizer.lr = 0.01
-train.max_iter = 300
-lr_multiplier = multistep(milestones=(8, 11, 12), warmup_fraction=0.1)
-train.checkpointer.period = 100
-train.eval_period = 300
-train.log_period = 10
-train.seed = 0
-train.output_dir = "./output/synthetic/faster_rcnn_effnet_lite0_FPN"
+lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/synthetic/faster_rcnn_effnet_lite0_FPN")

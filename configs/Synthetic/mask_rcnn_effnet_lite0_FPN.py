@@ -5,20 +5,13 @@ faster_rcnn_effnet_lite0_FPN.py.
 Expected time on this 2-core CPU: ~1.6 s/iteration (measured with 1 thread on a shared
 machine), ~8 minutes for 300 iterations + evaluation.
 """
+from ..common.cpu import cpu_schedule
 from ..common.data.synthetic import dataloader
 from ..common.models.lite0 import lite0_rcnn
 from ..common.models.mask_rcnn_fpn import model
 from ..common.optim import SGD as optimizer
-from ..common.schedules import multistep
 from ..common.train import train
 
 dataloader.train.mapper.use_instance_mask = True
 lite0_rcnn(model, num_classes=6)
-optimizer.lr = 0.01
-train.max_iter = 300
-lr_multiplier = multistep(milestones=(8, 11, 12), warmup_fraction=0.1)
-train.checkpointer.period = 100
-train.eval_period = 300
-train.log_period = 10
-train.seed = 0
-train.output_dir = "./output/synthetic/mask_rcnn_effnet_lite0_FPN"
+lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/synthetic/mask_rcnn_effnet_lite0_FPN")

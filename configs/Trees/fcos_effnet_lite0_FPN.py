@@ -1,17 +1,10 @@
 """FCOS, EfficientNet-Lite0-FPN, tree-crown tiles, CPU: the `make demo` baseline."""
+from ..common.cpu import cpu_schedule
 from ..common.data.trees import dataloader
 from ..common.models.fcos import model
 from ..common.models.lite0 import lite0_dense
 from ..common.optim import SGD as optimizer
-from ..common.schedules import multistep
 from ..common.train import train
 
 lite0_dense(model, num_classes=1)
-optimizer.lr = 0.01
-train.max_iter = 300
-lr_multiplier = multistep(milestones=(8, 11, 12), warmup_fraction=0.1)
-train.checkpointer.period = 100
-train.eval_period = 300
-train.log_period = 10
-train.seed = 0
-train.output_dir = "./output/trees/fcos_effnet_lite0_FPN"
+lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/trees/fcos_effnet_lite0_FPN")

@@ -38,7 +38,11 @@ R50_PIXEL_MEAN = [103.530, 116.280, 123.675]
 R50_PIXEL_STD = [1.0, 1.0, 1.0]
 
 # EfficientNet-Lite0 + FPN with offline ImageNet weights (RGB input), for the CPU configs.
-effnet_lite0_fpn_p3p7 = L(build_efficientnet_lite0_fpn)(out_channels=128, top_block="p6p7")
-effnet_lite0_fpn_p3p6 = L(build_efficientnet_lite0_fpn)(out_channels=128, top_block="maxpool")
+# freeze_at=4: stem and stages 1-3 (up to stride 8) stay at their ImageNet values; their
+# depthwise-conv backward is the most expensive part of a CPU training step.
+effnet_lite0_fpn_p3p7 = L(build_efficientnet_lite0_fpn)(out_channels=128, top_block="p6p7",
+                                                         freeze_at=4)
+effnet_lite0_fpn_p3p6 = L(build_efficientnet_lite0_fpn)(out_channels=128, top_block="maxpool",
+                                                         freeze_at=4)
 LITE0_PIXEL_MEAN = list(PIXEL_MEAN_RGB_LITE0)
 LITE0_PIXEL_STD = list(PIXEL_STD_RGB_LITE0)

@@ -6,9 +6,11 @@ from .balanced_l1 import balanced_l1_loss
 from .box_refine import refine_ltrb
 from .carl import carl_loss, carl_weights
 from .dw import (
+    DWImageWeights,
     dw_candidate_bag,
     dw_center_prior,
     dw_image_terms,
+    dw_image_weights,
     dw_losses,
     dw_negative_weights,
     dw_positive_weights,

@@ -3,10 +3,17 @@ negatives (Libra R-CNN, SPEC 1.3-1.4), OHEM top-k (SPEC 1.2).
 
 Every multi-stage rule ("take up to q per group, then fill uniformly from the rest") is turned
 into one priority key per candidate — ``tier + uniform random`` — and a single ``topk``: higher
-tiers are taken first, uniformly at random inside a tier, never twice. Ranks inside a group come
-from :func:`balanced_det.ops.hlr.local_rank` over random keys; each stage draws fresh random keys
-so that a later stage is uniform over what an earlier stage left. Candidate counts stay tensors.
-Randomness comes from ``torch.rand`` with the optional ``generator`` (on the inputs' device).
+tiers are taken first, uniformly at random inside a tier, never twice. "Up to q per group,
+uniformly" is "the first q of the group in a uniformly random order": the candidates are put in
+a random order once (``randperm``) and the rank of each inside its group is a count -- a
+cumulative sum over a one-hot of the group when there are few groups (the IoU bins), one stable
+sort by group id otherwise (the GTs). Each stage draws fresh randomness, so that a later stage is
+uniform over what an earlier stage left. Candidate counts stay tensors (no host sync).
+Randomness comes from ``torch.randperm`` / ``torch.rand`` with the optional ``generator`` (on the
+inputs' device).
+
+Speed (CPU, see ``benchmarks/bench_two_stage.py``): a few hundred to a few thousand candidates,
+so each sampler is ~15-25 small tensor ops; per-op overhead, not arithmetic, sets its time.
 """
 from __future__ import annotations
 
@@ -15,13 +22,13 @@ from typing import Optional
 import torch
 from torchvision.ops import batched_nms
 
-from .hlr import local_rank
 
 __all__ = ["random_choice", "instance_balanced_pos_sample", "iou_balanced_neg_sample", "ohem_topk"]
 
 
 def _rand(n: int, generator: Optional[torch.Generator], device) -> torch.Tensor:
-    return torch.rand(n, generator=generator, device=device)
+    """Uniform [0, 1) keys in float64: ``tier + key`` stays exact and ties are negligible."""
+    return torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
 
 def random_choice(
@@ -57,7 +64,9 @@ def instance_balanced_pos_sample(
       2. if that gives fewer than P, fill uniformly from the unselected candidates;
          if more, keep a uniform random subset of P of them.
     No duplicates (mmdet's set-of-tensors difference can duplicate indices; not here).
-    Vectorised: random keys + group ranks; no host sync, the output size is static.
+    Vectorised: one random permutation, one stable sort by GT id (groups contiguous, random
+    order inside), ranks from the group starts (``searchsorted``), one ``topk`` over
+    ``tier + random``; no host sync, the output size is static.
 
     Returns:
         long tensor (min(P, P_c),) of indices into the candidates.
@@ -69,13 +78,14 @@ def instance_balanced_pos_sample(
         return torch.zeros(0, dtype=torch.long, device=device)
     if n <= num_expected:
         return torch.arange(n, device=device)
-    sorted_ids = gt_ids.sort().values
-    num_gts = (sorted_ids[1:] != sorted_ids[:-1]).sum() + 1
-    cap = torch.round(float(num_expected) / num_gts.float()) + 1
-    rank = local_rank(_rand(n, generator, device), gt_ids)
-    tier = (rank.float() < cap).float()
-    key = tier + _rand(n, generator, device)
-    return key.topk(k).indices
+    perm = torch.randperm(n, generator=generator, device=device)
+    ids, order = gt_ids.index_select(0, perm).sort(stable=True)
+    members = perm.index_select(0, order)  # grouped by GT, uniformly random order inside
+    rank = torch.arange(n, device=device) - torch.searchsorted(ids, ids)  # rank inside the GT
+    num_gts = (rank == 0).sum()
+    cap = torch.round(float(num_expected) / num_gts.double()) + 1
+    key = (rank < cap).double() + _rand(n, generator, device)  # tier 1: within the cap
+    return members.index_select(0, key.topk(k, sorted=False).indices)
 
 
 def iou_balanced_neg_sample(
@@ -108,7 +118,11 @@ def iou_balanced_neg_sample(
     appended GTs = 1.0], so the top bin of the negatives (IoU < 0.5) is always empty; here hi
     is the max IoU among the negatives.
 
-    Vectorised (group ranks by bin over random keys, one top-k over tiered keys); no host sync.
+    Vectorised, no host sync: one random permutation, the rank of each negative inside its bin
+    by a cumulative count (one-hot over the K + 1 groups: the bins and F), one ``topk`` over
+    ``tier + random`` (tiers: quota, fill, F, rest of S). With ``floor_fraction > 0``
+    (n_iou < num_expected) the fill tier is the ``room`` largest fresh keys among the rest of S,
+    found by one more ``topk`` (k = n_iou, static).
 
     Returns:
         long tensor (min(num_expected, N),) of indices into the negatives, no duplicates.
@@ -128,7 +142,7 @@ def iou_balanced_neg_sample(
         return torch.arange(n, device=device)
     iou = max_ious.detach().float()
     if floor_thr < 0:
-        in_s = torch.ones(n, dtype=torch.bool, device=device)
+        in_s = None  # S = every negative
     elif floor_thr == 0:
         in_s = iou > 0
     else:
@@ -137,27 +151,33 @@ def iou_balanced_neg_sample(
     per_bin = int(n_iou / num_bins)
 
     lo = max(float(floor_thr), 0.0)
-    hi = torch.where(in_s, iou, torch.full_like(iou, lo)).amax()
+    hi = iou.amax() if in_s is None else torch.where(in_s, iou, torch.full_like(iou, lo)).amax()
     width = (hi - lo) / num_bins
-    safe_width = torch.where(width > 0, width, torch.ones_like(width))
-    bins = torch.floor((iou - lo) / safe_width).clamp(0, num_bins - 1).long()
-    bins = torch.where(width > 0, bins, torch.zeros_like(bins))
-    bins = torch.where(in_s, bins, torch.full_like(bins, -1))  # F: its own group
+    # width 0: every IoU of S equals lo -> bin 0 (F is overwritten below)
+    bins = torch.floor((iou - lo if lo else iou) / torch.where(width > 0, width, 1.0))
+    bins = bins.clamp_(0, num_bins - 1).long()
+    if in_s is not None:
+        bins = torch.where(in_s, bins, num_bins)  # F: group K
 
-    # tier 3: per-bin quota inside S
-    in_quota = in_s & (local_rank(_rand(n, generator, device), bins) < per_bin)
-    # tier 2: fill S up to n_iou uniformly from the rest of S
-    rest_s = in_s & ~in_quota
-    room = n_iou - in_quota.sum()
-    rest_rank = local_rank(_rand(n, generator, device), rest_s.long())
-    in_fill = rest_s & (rest_rank < room)
-    # tier 1: the floor set; tier 0: everything else
-    tier = torch.zeros(n, device=device)
-    tier = torch.where(~in_s, torch.ones_like(tier), tier)
-    tier = torch.where(in_fill, torch.full_like(tier, 2.0), tier)
-    tier = torch.where(in_quota, torch.full_like(tier, 3.0), tier)
-    key = tier + _rand(n, generator, device)
-    return key.topk(k).indices
+    # quota: the first per_bin of each bin in a uniformly random order
+    perm = torch.randperm(n, generator=generator, device=device)
+    g = bins.index_select(0, perm)
+    count = (g[:, None] == torch.arange(num_bins + 1, device=device)).cumsum(0)
+    rank = count.gather(1, g[:, None])[:, 0]  # 1-based rank inside the group
+    in_s_p = g < num_bins
+    quota = in_s_p & (rank <= per_bin)
+    u = _rand(n, generator, device)  # fresh keys: fill, F and the rest, uniformly
+    if n_iou >= k:  # room = n_iou - |quota| covers everything still needed: rest of S, then F
+        tier = in_s_p.double() + quota  # quota 2, rest of S 1, F 0
+    else:
+        rest = in_s_p ^ quota
+        room = n_iou - quota.sum()
+        top = torch.where(rest, u, -1.0).topk(n_iou).values
+        thr = torch.cat([torch.full((1,), 2.0, device=device, dtype=u.dtype), top])[room]
+        fill = rest & (u >= thr)  # the room largest keys of the rest of S (all if fewer)
+        # quota 3, fill 2, F 1, rest of S 0
+        tier = torch.where(in_s_p, quota.double() * 3, 1.0) + fill.double() * 2
+    return perm.index_select(0, (tier + u).topk(k, sorted=False).indices)
 
 
 def ohem_topk(

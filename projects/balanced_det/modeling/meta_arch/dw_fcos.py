@@ -18,7 +18,8 @@ every (point, class) a negative weight (1 except for candidates whose predicted 
 0.5 with the GT), see :mod:`balanced_det.ops.dw` for the formulas. Losses
 (``loss_cls_pos``, ``loss_loc``, ``loss_cls_neg``) are normalised by the number of GTs and by
 ``sum(1 - P_neg)``, both **averaged over processes** in distributed training (the reference's
-``reduce_mean``), so that DDP's gradient averaging yields the global-batch loss.
+``reduce_mean``) and clamped so that the global sums are >= 1, so that DDP's gradient
+averaging yields exactly the single-process loss of the global batch.
 
 Box refinement, read from the reference (strongwolf/DW ``DWHead.forward_single``): the refined
 distances *replace* the coarse ones everywhere (DW weights, losses and inference); the coarse
@@ -28,11 +29,13 @@ gradients to both the sampled values and the sampling positions).
 Inference (reference test config): score ``sigmoid(cls) * sigmoid(obj)`` (no square root),
 threshold 0.05, 1000 candidates per level, class-wise NMS 0.6, 100 detections.
 
-Memory: the DW weights need (P, G) matrices per image (P = points, G = GTs); with more than
-``gt_chunk_size`` GTs in an image they are built chunk by chunk (the localisation term of each
-chunk is recomputed in backward), bounding the memory at O(P x gt_chunk_size + P x C). The
-default 256 covers every COCO image in one chunk. The loop over GTs of the reference is gone:
-the only Python loops are over the images of the batch and the pyramid levels.
+Memory and speed: the DW weights are computed only on the (point, GT) pairs where the point
+lies inside the box (one ``nonzero`` per image, its only host sync), not on dense (P, G)
+matrices; with more than ``gt_chunk_size`` GTs in an image the pairs are found chunk by chunk
+(transient memory O(P x gt_chunk_size), kept for backward O(pairs); the localisation term of
+each chunk is then recomputed in backward). The default 256 covers every COCO image in one
+chunk. See :mod:`balanced_det.ops.dw`. The loop over GTs of the reference is gone: the only
+Python loops are over the images of the batch and the pyramid levels.
 
 Differences from the reference (all deliberate, see :mod:`balanced_det.ops.dw`): a point in
 the bags of two GTs of the same class takes the minimum negative weight (the reference: the
@@ -57,6 +60,12 @@ from ...utils.events import put_tensor_scalars
 from .fcos import DensePointDetector, check_range, decode_ltrb, flatten_levels
 
 __all__ = ["DWFCOS", "reduce_mean"]
+
+
+def _world_size() -> int:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
 
 
 def reduce_mean(t: Tensor) -> Tensor:
@@ -174,4 +183,4 @@ class DWFCOS(DensePointDetector):
             dw_neg_weight_deficit=local[1],  # sum(1 - P_neg): the negative normaliser
         )
         return dw_losses(terms, num_gt=num_gt, neg_norm=neg_norm,
-                         pos_loss_weight=self.pos_loss_weight)
+                         pos_loss_weight=self.pos_loss_weight, min_norm=1.0 / _world_size())
