@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -424,7 +424,21 @@ class BalancedROIHeads(StandardROIHeads):
 
     The extra box-head forward of OHEM / ISR-N uses the same pooler, box head and predictor as
     training (train mode, no grad), over all images at once.
+
+    Analysis hook: :attr:`sample_recorder` (``None`` by default: one attribute test per
+    training step, nothing computed or kept). Set it to a callable
+    ``recorder(proposals, predictions)`` and every training ``_forward_box`` calls it with the
+    sampled proposals (``label_and_sample_proposals``'s ``Instances``: ``proposal_boxes``,
+    ``gt_classes``, ``gt_boxes`` = the matched GT also for background, and ``cls_weights``
+    after ISR-P when the sampler weights samples) and the box predictor's
+    ``(scores, deltas)`` of that forward, before the losses. ``tools/analysis.py samplers``
+    uses it to plot IoU vs classification loss of the samples; the recorder must not modify
+    its arguments.
     """
+
+    #: ``None`` or ``recorder(proposals, predictions)``; see the class docstring.
+    sample_recorder: Optional[Callable[[List[Instances], Tuple[torch.Tensor, torch.Tensor]],
+                                       None]] = None
 
     @configurable
     def __init__(
@@ -511,6 +525,8 @@ class BalancedROIHeads(StandardROIHeads):
         del box_features
         if self.isr_p:
             self._apply_isr_p(predictions, proposals)
+        if self.sample_recorder is not None:
+            self.sample_recorder(proposals, predictions)
         losses = self.box_predictor.losses(predictions, proposals)
         if self.train_on_pred_boxes:
             with torch.no_grad():
