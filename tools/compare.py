@@ -78,6 +78,16 @@ def run_one(config: str, out: str, seed: int, max_iter: Optional[int], extra: Se
         raise RuntimeError(f"training failed (exit {code}): {' '.join(cmd)}; see {log_path}")
 
 
+def last_error_line(log_path: str) -> str:
+    """The last line of a failed run's log that names an error (e.g. NonFiniteLossError)."""
+    try:
+        with open(log_path) as f:
+            lines = [ln.strip() for ln in f if "Error" in ln or "error" in ln]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
 def read_run(out: str) -> Dict[str, float]:
     with open(os.path.join(out, "eval_results.json")) as f:
         bbox = json.load(f)["bbox"]
@@ -170,22 +180,33 @@ def main():
             todo.append((cfg, run_dir, seed))
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs)) if args.jobs > 1 else None
 
+    failed: Dict[str, str] = {}
+
     def work(item):
         cfg, run_dir, seed = item
-        os.makedirs(run_dir, exist_ok=True)
-        run_one(cfg, run_dir, seed, args.max_iter, extra, os.path.join(run_dir, "stdout.log"),
-                threads)
+        if os.path.exists(run_dir):  # an unfinished earlier attempt: keep it, start clean
+            os.replace(run_dir, f"{run_dir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+        os.makedirs(run_dir)
+        try:
+            run_one(cfg, run_dir, seed, args.max_iter, extra,
+                    os.path.join(run_dir, "stdout.log"), threads)
+        except RuntimeError as e:  # e.g. a diverged run: record it, go on with the others
+            failed[run_dir] = last_error_line(os.path.join(run_dir, "stdout.log")) or str(e)
 
     print(f"{len(runs)} runs, {len(runs) - len(todo)} already done; {args.jobs} at a time")
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         for _ in tqdm(pool.map(work, todo), total=len(todo), desc="comparison runs", unit="run"):
             pass
     for name, cfg, desc, seed in runs:
-        results[(name, seed)] = read_run(os.path.join(out, name, f"seed{seed}"))
+        run_dir = os.path.join(out, name, f"seed{seed}")
+        results[(name, seed)] = (read_run(run_dir) if run_dir not in failed
+                                 else {m: float("nan") for m in METRICS + ("s_per_iter", "peak_mem_mb")})
 
     rows = []
     for name, cfg, desc in entries:
-        row = {"name": name, "config": cfg, "desc": desc}
+        n_failed = sum(1 for s in args.seeds if os.path.join(out, name, f"seed{s}") in failed)
+        row = {"name": name, "config": cfg, "desc": desc + (
+            f" ({n_failed}/{len(args.seeds)} seeds failed)" if n_failed else "")}
         for m in METRICS + ("s_per_iter", "peak_mem_mb"):
             row[m] = mean_std([results[(name, s)][m] for s in args.seeds])
         rows.append(row)
@@ -194,6 +215,11 @@ def main():
               + ". ΔAP: difference of means to the first config of the same detector family; "
               "'within seed noise' when |ΔAP| <= 2 × the larger std.")
     md = write_tables(out, rows, args.seeds, header)
+    if failed:
+        md += "\nFailed runs (excluded from the means):\n" + "".join(
+            f"- {os.path.relpath(d, out)}: {msg}\n" for d, msg in sorted(failed.items()))
+        with open(os.path.join(out, "results.md"), "w") as f:
+            f.write(md)
     with open(os.path.join(out, "runs.json"), "w") as f:
         json.dump({f"{n}/seed{s}": r for (n, s), r in results.items()}, f, indent=1)
     print(md)

@@ -2,8 +2,8 @@
 (6 long-tailed classes, 8-40 px objects on 256 px images), CPU: the two-stage baseline of
 the synthetic configs. Same schedule and seed as the synthetic dense configs.
 
-Expected time on this 2-core CPU: ~1.2 s/iteration (measured with 1 thread on a shared
-machine), ~6 minutes for 300 iterations + evaluation.
+Time per iteration and peak memory on this project's 2-core CPU: README, Results
+(measured by tools/compare.py).
 """
 from ..common.cpu import cpu_schedule
 from ..common.data.synthetic import dataloader

@@ -2,8 +2,8 @@
 polygon masks, CPU: the instance-segmentation baseline. Same schedule and seed as
 faster_rcnn_effnet_lite0_FPN.py.
 
-Expected time on this 2-core CPU: ~1.6 s/iteration (measured with 1 thread on a shared
-machine), ~8 minutes for 300 iterations + evaluation.
+Time per iteration and peak memory on this project's 2-core CPU: README, Results
+(measured by tools/compare.py).
 """
 from ..common.cpu import cpu_schedule
 from ..common.data.synthetic import dataloader

@@ -2,8 +2,8 @@
 the two-stage baseline of the tree configs. Same data, schedule and seed as
 fcos_effnet_lite0_FPN.py. Anchors 16-128 px (2x the stride) for crowns of ~20-100 px.
 
-Expected time on this 2-core CPU: ~2.3 s/iteration (measured with 1 thread on a shared
-machine), ~12 minutes for 300 iterations + evaluation.
+Time per iteration and peak memory on this project's 2-core CPU: README, Results
+(measured by tools/compare.py).
 """
 from ..common.cpu import cpu_schedule
 from ..common.data.trees import dataloader
@@ -13,4 +13,4 @@ from ..common.optim import SGD as optimizer
 from ..common.train import train
 
 lite0_rcnn(model, num_classes=1)
-lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/trees/faster_rcnn_effnet_lite0_FPN")
+lr_multiplier = cpu_schedule(train, optimizer, max_iter=200, output_dir="./output/trees/faster_rcnn_effnet_lite0_FPN")

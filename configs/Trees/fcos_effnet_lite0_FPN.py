@@ -7,4 +7,4 @@ from ..common.optim import SGD as optimizer
 from ..common.train import train
 
 lite0_dense(model, num_classes=1)
-lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/trees/fcos_effnet_lite0_FPN")
+lr_multiplier = cpu_schedule(train, optimizer, max_iter=200, output_dir="./output/trees/fcos_effnet_lite0_FPN")

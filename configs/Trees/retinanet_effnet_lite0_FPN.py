@@ -16,4 +16,4 @@ from ..common.train import train
 lite0_dense(model, num_classes=1)
 model.input_format = "RGB"
 small_object_anchors(model)
-lr_multiplier = cpu_schedule(train, optimizer, output_dir="./output/trees/retinanet_effnet_lite0_FPN")
+lr_multiplier = cpu_schedule(train, optimizer, max_iter=200, output_dir="./output/trees/retinanet_effnet_lite0_FPN")

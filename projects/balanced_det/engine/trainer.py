@@ -15,7 +15,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..utils.events import flush_tensor_scalars
+from ..utils.events import flush_tensor_scalars, put_tensor_scalars
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_amp_dtype"]
 
@@ -106,27 +106,29 @@ class Trainer(SimpleTrainer):
         else:
             losses.backward()
 
+        if self.clip_grad_norm:
+            if self.grad_scaler is not None:
+                self.grad_scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"]
+                      if p.grad is not None]
+            # The norm before clipping, logged with the losses (no extra sync).
+            put_tensor_scalars(grad_norm=torch.nn.utils.clip_grad_norm_(params,
+                                                                        self.clip_grad_norm))
+
         finite = self._write_metrics_and_check(loss_dict, data_time)
         if not finite:
             self.optimizer.zero_grad(set_to_none=True)
+            if self.grad_scaler is not None and self.clip_grad_norm:
+                self.grad_scaler.update()  # closes the unscale_() of this iteration
             return
 
         if self.grad_scaler is not None:
-            if self.clip_grad_norm:
-                self.grad_scaler.unscale_(self.optimizer)
-                self._clip()
             self.grad_scaler.step(self.optimizer)
             self.grad_scaler.update()
             get_event_storage().put_scalar("amp_grad_scale", self.grad_scaler.get_scale(),
                                            smoothing_hint=False)
         else:
-            if self.clip_grad_norm:
-                self._clip()
             self.optimizer.step()
-
-    def _clip(self):
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        torch.nn.utils.clip_grad_norm_(params, self.clip_grad_norm)
 
     def _write_metrics_and_check(self, loss_dict: Mapping[str, torch.Tensor], data_time: float) -> bool:
         names = list(loss_dict)

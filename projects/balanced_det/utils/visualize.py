@@ -23,10 +23,12 @@ def _titled(panel: np.ndarray, title: str) -> np.ndarray:
     return np.concatenate([np.asarray(bar), panel], axis=0)
 
 
-def draw_gt_vs_predictions(dataset_dict: dict, instances, metadata, score_thresh: float = 0.3
-                           ) -> np.ndarray:
-    """RGB array: the image with ground truth (left) and predictions >= ``score_thresh``
-    (right). ``instances`` are detectron2 ``Instances`` in the image's original size."""
+def draw_gt_vs_predictions(dataset_dict: dict, instances, metadata,
+                           score_thresh: Optional[float] = None) -> np.ndarray:
+    """RGB array: the image with ground truth (left) and predictions (right): those with
+    score >= ``score_thresh``, or (``None``) the highest-scoring ones, as many as there are
+    ground-truth boxes (scores of different detectors are not on one scale; the top-N view
+    compares them fairly). ``instances`` are detectron2 ``Instances`` in the image's size."""
     img = read_image(dataset_dict["file_name"], format="RGB")
     gt = Visualizer(img, metadata, instance_mode=ColorMode.SEGMENTATION)
     annos = [a for a in dataset_dict.get("annotations", []) if not a.get("iscrowd", 0)]
@@ -35,15 +37,20 @@ def draw_gt_vs_predictions(dataset_dict: dict, instances, metadata, score_thresh
         boxes=np.array(boxes) if boxes else None,
         assigned_colors=[(0.1, 0.8, 0.1)] * len(annos),
     ).get_image()
-    inst = instances[instances.scores >= score_thresh].to("cpu")
+    inst = instances.to("cpu")
+    if score_thresh is None:
+        inst = inst[inst.scores.argsort(descending=True)[: len(annos)]]
+        what = f"the {len(inst)} highest-scoring predictions (as many as ground-truth boxes)"
+    else:
+        inst = inst[inst.scores >= score_thresh]
+        what = f"predictions with score >= {score_thresh}: {len(inst)}"
     pred = Visualizer(img, metadata, instance_mode=ColorMode.SEGMENTATION)
     right = pred.overlay_instances(
         boxes=inst.pred_boxes.tensor.numpy() if len(inst) else None,
-        labels=[f"{s:.2f}" for s in inst.scores.tolist()] if len(inst) else None,
         assigned_colors=[(0.9, 0.1, 0.1)] * len(inst),
     ).get_image()
     left = _titled(left, f"ground truth: {len(annos)} boxes")
-    right = _titled(right, f"predictions with score >= {score_thresh}: {len(inst)}")
+    right = _titled(right, what)
     gap = np.full((left.shape[0], 8, 3), 255, dtype=np.uint8)
     return np.concatenate([left, gap, right], axis=1)
 
@@ -57,7 +64,7 @@ def pick_busiest_image(dataset_name: str) -> int:
 
 @torch.no_grad()
 def predict_and_draw(cfg, model: Optional[torch.nn.Module], dataset_name: str, out_path: str,
-                     index: Optional[int] = None, score_thresh: float = 0.3) -> str:
+                     index: Optional[int] = None, score_thresh: Optional[float] = None) -> str:
     """Run ``model`` (built from ``cfg`` if None) on one image of ``dataset_name`` through the
     config's test mapper and save the comparison picture to ``out_path``."""
     if model is None:
