@@ -35,6 +35,7 @@ SUITES: Dict[str, List[Tuple[str, str, str]]] = {
     "trees": [
         ("fcos", "configs/Trees/fcos_effnet_lite0_FPN.py", "FCOS (focal)"),
         ("dw_fcos", "configs/Trees/dw_fcos_effnet_lite0_FPN.py", "DW-FCOS"),
+        ("dw_fcos_refine", "configs/Trees/dw_fcos_refine_effnet_lite0_FPN.py", "DW-FCOS + box refinement"),
         ("sampling_free_fcos", "configs/Trees/sampling_free_fcos_effnet_lite0_FPN.py", "Sampling-Free FCOS"),
         ("retinanet", "configs/Trees/retinanet_effnet_lite0_FPN.py", "RetinaNet (focal)"),
         ("ghm_retinanet", "configs/Trees/ghm_retinanet_effnet_lite0_FPN.py", "GHM RetinaNet"),
@@ -51,13 +52,19 @@ SUITES: Dict[str, List[Tuple[str, str, str]]] = {
 SUITES["synthetic"] = [
     (name, cfg.replace("configs/Trees/", "configs/Synthetic/"), desc)
     for name, cfg, desc in SUITES["trees"]
+] + [
+    ("mask_rcnn", "configs/Synthetic/mask_rcnn_effnet_lite0_FPN.py", "Mask R-CNN (random)"),
+    ("pisa_mask_rcnn", "configs/Synthetic/pisa_mask_rcnn_effnet_lite0_FPN.py", "PISA Mask R-CNN"),
+    ("sampling_free_mask_rcnn", "configs/Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py",
+     "Sampling-Free Mask R-CNN"),
 ]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+COLUMNS = METRICS + ("mask_AP", "s_per_iter", "peak_mem_mb")
 
 
 def family(name: str) -> str:
     for fam in ("faster_rcnn", "mask_rcnn", "retinanet", "fcos"):
-        if name.endswith(fam):
+        if name.endswith(fam) or name.endswith(fam + "_refine"):
             return fam
     return name
 
@@ -95,6 +102,9 @@ def read_run(out: str) -> Dict[str, float]:
     times = [r["time"] for r in rows if "time" in r]
     mem = [r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r]
     res = {m: float(bbox[m]) for m in METRICS}
+    with open(os.path.join(out, "eval_results.json")) as f:
+        segm = json.load(f).get("segm")
+    res["mask_AP"] = float(segm["AP"]) if segm else float("nan")
     # detectron2's "time" is the median-filtered seconds per iteration; skip warm-up rows.
     res["s_per_iter"] = statistics.median(times[len(times) // 5:]) if times else float("nan")
     res["peak_mem_mb"] = max(mem) if mem else float("nan")
@@ -110,8 +120,8 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
 
 def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str) -> str:
     lines = [header, "",
-             "| method | AP | AP50 | AP75 | APs | APm | APl | s/iter | peak MB | ΔAP vs baseline |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | AP | AP50 | AP75 | APs | APm | APl | mask AP | s/iter | peak MB | ΔAP vs baseline |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     baselines: Dict[str, dict] = {}
     for row in rows:
         base = baselines.setdefault(family(row["name"]), row)
@@ -122,6 +132,8 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str) 
             noise = 2 * max(row["AP"][1], base["AP"][1])
             verdict = f"{delta:+.1f}" + (" (within seed noise)" if abs(delta) <= noise else "")
         cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f}" for m in METRICS]
+        mask = row["mask_AP"]
+        cells.append("-" if mask[0] != mask[0] else f"{mask[0]:.1f} ± {mask[1]:.1f}")
         lines.append(f"| {row['desc']} | " + " | ".join(cells) +
                      f" | {row['s_per_iter'][0]:.2f} | {row['peak_mem_mb'][0]:.0f} | {verdict} |")
     md = "\n".join(lines) + "\n"
@@ -129,11 +141,11 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str) 
         f.write(md)
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["method", "config", "seeds"] + [f"{m}_{s}" for m in METRICS + ("s_per_iter", "peak_mem_mb")
+        w.writerow(["method", "config", "seeds"] + [f"{m}_{s}" for m in COLUMNS
                                                      for s in ("mean", "std")])
         for row in rows:
             w.writerow([row["name"], row["config"], " ".join(map(str, seeds))] +
-                       [f"{v:.4f}" for m in METRICS + ("s_per_iter", "peak_mem_mb") for v in row[m]])
+                       [f"{v:.4f}" for m in COLUMNS for v in row[m]])
     return md
 
 
@@ -200,14 +212,14 @@ def main():
     for name, cfg, desc, seed in runs:
         run_dir = os.path.join(out, name, f"seed{seed}")
         results[(name, seed)] = (read_run(run_dir) if run_dir not in failed
-                                 else {m: float("nan") for m in METRICS + ("s_per_iter", "peak_mem_mb")})
+                                 else {m: float("nan") for m in COLUMNS})
 
     rows = []
     for name, cfg, desc in entries:
         n_failed = sum(1 for s in args.seeds if os.path.join(out, name, f"seed{s}") in failed)
         row = {"name": name, "config": cfg, "desc": desc + (
             f" ({n_failed}/{len(args.seeds)} seeds failed)" if n_failed else "")}
-        for m in METRICS + ("s_per_iter", "peak_mem_mb"):
+        for m in COLUMNS:
             row[m] = mean_std([results[(name, s)][m] for s in args.seeds])
         rows.append(row)
     header = (f"COCO-style box AP (percent) on the {suite} validation split, mean ± std over seeds "
