@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: setup test demo clean-venv
+.PHONY: setup test demo compare figures clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
 setup:
@@ -18,6 +18,20 @@ test: setup
 ## demo: set up, then train and evaluate the tree-crown detector(s) on this machine's CPU
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+## compare: set up, then the method comparison of the README's Results (tree and synthetic
+## data, 3 seeds, 2 runs at a time; about 2.5 hours on a 2-core CPU), then its figures.
+## Finished runs in output/compare/ are reused, so an interrupted `make compare` goes on.
+COMPARE_JOBS ?= 2
+compare: setup
+	$(PY) tools/compare.py --suite trees --seeds 0 1 2 --max-iter 100 --jobs $(COMPARE_JOBS)
+	$(PY) tools/compare.py --suite synthetic --seeds 0 1 2 --max-iter 100 --jobs $(COMPARE_JOBS)
+	$(MAKE) figures
+
+## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
+figures: setup
+	$(PY) tools/analysis.py all --suite trees
+	$(PY) tools/analysis.py all --suite synthetic
 
 clean-venv:
 	rm -rf $(VENV)

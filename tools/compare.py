@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from tqdm import tqdm
 
@@ -85,6 +85,23 @@ def run_one(config: str, out: str, seed: int, max_iter: Optional[int], extra: Se
         raise RuntimeError(f"training failed (exit {code}): {' '.join(cmd)}; see {log_path}")
 
 
+def run_key(config: str, seed: int, max_iter: Optional[int], extra: Sequence[str]) -> dict:
+    """What makes two runs the same run: a finished run is reused only when this matches."""
+    return {"config": config, "seed": seed, "max_iter": max_iter, "opts": list(extra)}
+
+
+def is_done(run_dir: str, key: dict) -> bool:
+    """True when ``run_dir`` holds a finished run of the same config, seed, schedule and
+    overrides (another schedule in the same folder is trained again; the old run is kept
+    beside it as ``seed<k>.previous-<time>``)."""
+    try:
+        with open(os.path.join(run_dir, "compare_run.json")) as f:
+            same = json.load(f) == key
+    except (OSError, ValueError):
+        return False
+    return same and os.path.exists(os.path.join(run_dir, "eval_results.json"))
+
+
 def last_error_line(log_path: str) -> str:
     """The last line of a failed run's log that names an error (e.g. NonFiniteLossError)."""
     try:
@@ -118,13 +135,14 @@ def mean_std(values: List[float]) -> Tuple[float, float]:
     return statistics.mean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str) -> str:
+def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str,
+                 family_of: Callable[[str], str] = family) -> str:
     lines = [header, "",
              "| method | AP | AP50 | AP75 | APs | APm | APl | mask AP | s/iter | peak MB | ΔAP vs baseline |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     baselines: Dict[str, dict] = {}
     for row in rows:
-        base = baselines.setdefault(family(row["name"]), row)
+        base = baselines.setdefault(family_of(row["name"]), row)
         if base is row:
             verdict = "baseline"
         else:
@@ -149,7 +167,7 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str) 
     return md
 
 
-def main():
+def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), help="a predefined list of configs")
     parser.add_argument("--configs", nargs="+", help="explicit configs (the first is the baseline)")
@@ -161,7 +179,7 @@ def main():
                         help="runs at a time (each with cores/jobs threads); on a 2-core CPU "
                              "2 single-thread runs finish sooner than 2 consecutive 2-thread runs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="overrides for every run")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     if args.configs:
         entries = [(os.path.splitext(os.path.basename(c))[0], c, os.path.basename(c)) for c in args.configs]
@@ -188,7 +206,7 @@ def main():
     todo = []
     for name, cfg, desc, seed in runs:
         run_dir = os.path.join(out, name, f"seed{seed}")
-        if not os.path.exists(os.path.join(run_dir, "eval_results.json")):
+        if not is_done(run_dir, run_key(cfg, seed, args.max_iter, extra)):
             todo.append((cfg, run_dir, seed))
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs)) if args.jobs > 1 else None
 
@@ -196,12 +214,14 @@ def main():
 
     def work(item):
         cfg, run_dir, seed = item
-        if os.path.exists(run_dir):  # an unfinished earlier attempt: keep it, start clean
-            os.replace(run_dir, f"{run_dir}.unfinished-{time.strftime('%Y%m%d-%H%M%S')}")
+        if os.path.exists(run_dir):  # an unfinished or different earlier run: keep it, start clean
+            os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(run_dir)
         try:
             run_one(cfg, run_dir, seed, args.max_iter, extra,
                     os.path.join(run_dir, "stdout.log"), threads)
+            with open(os.path.join(run_dir, "compare_run.json"), "w") as f:
+                json.dump(run_key(cfg, seed, args.max_iter, extra), f)
         except RuntimeError as e:  # e.g. a diverged run: record it, go on with the others
             failed[run_dir] = last_error_line(os.path.join(run_dir, "stdout.log")) or str(e)
 
@@ -226,7 +246,9 @@ def main():
               f"{', '.join(map(str, args.seeds))}" + (f", {args.max_iter} iterations each" if args.max_iter else "")
               + ". ΔAP: difference of means to the first config of the same detector family; "
               "'within seed noise' when |ΔAP| <= 2 × the larger std.")
-    md = write_tables(out, rows, args.seeds, header)
+    # --configs: the first config is the baseline of all the others
+    md = write_tables(out, rows, args.seeds, header,
+                      family_of=(lambda name: "custom") if suite == "custom" else family)
     if failed:
         md += "\nFailed runs (excluded from the means):\n" + "".join(
             f"- {os.path.relpath(d, out)}: {msg}\n" for d, msg in sorted(failed.items()))
@@ -236,6 +258,7 @@ def main():
         json.dump({f"{n}/seed{s}": r for (n, s), r in results.items()}, f, indent=1)
     print(md)
     print(f"{len(runs)} runs in {(time.time() - start) / 60:.1f} min; tables in {out}")
+    return md
 
 
 if __name__ == "__main__":
