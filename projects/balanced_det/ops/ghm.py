@@ -86,27 +86,38 @@ class _GradientDensity(nn.Module):
         return f"bins={self.bins}, momentum={self.momentum}"
 
     def bin_index(self, g: Tensor) -> Tensor:
-        """``clamp(floor(g * bins), 0, bins - 1)`` as int64 (g = 1.0 -> last bin)."""
-        g = torch.nan_to_num(g, nan=1.0, posinf=1.0, neginf=0.0)
-        return (g * self.bins).floor().clamp(0, self.bins - 1).long()
+        """``clamp(floor(g * bins), 0, bins - 1)`` as int64 (g = 1.0 -> last bin, NaN / +inf ->
+        last bin, -inf -> bin 0). One new tensor, then in-place passes (a RetinaNet batch has
+        tens of millions of elements); after the clamp the values are >= 0, so the int
+        conversion (truncation) is the floor."""
+        top = float(self.bins - 1)
+        t = g * float(self.bins)
+        t.nan_to_num_(nan=top, posinf=top, neginf=0.0).clamp_(0.0, top)
+        return t.to(torch.int64)
 
-    def element_weights(self, g: Tensor, valid: Tensor) -> Tuple[Tensor, Tensor]:
+    def element_weights(self, g: Tensor, valid: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """GHM weights for every element.
 
         Args:
             g: gradient norms (any shape), float32, detached.
-            valid: bool, same shape.
+            valid: bool, same shape or broadcastable to it (e.g. (M, 1) per anchor), or
+                ``None`` (all valid).
         Returns:
             weights (same shape as ``g``, 0 where invalid) ``tot / acc_b / n``, and the loss
             normaliser ``max(tot, 1) / world_size`` (a 0-dim float32 tensor).
         """
         bins = self.bins
-        idx = self.bin_index(g)
-        slot = torch.where(valid, idx, torch.full_like(idx, bins)).reshape(-1)
-        counts = torch.zeros(bins + 1, dtype=torch.long, device=g.device)
-        counts.scatter_add_(
-            0, slot, torch.ones(1, dtype=torch.long, device=g.device).expand(slot.numel())
-        )
+        slot = self.bin_index(g)  # invalid elements go to the extra slot ``bins``
+        if valid is not None:
+            slot.masked_fill_(~valid, bins)
+        flat = slot.reshape(-1)
+        if flat.device.type == "cpu":  # one pass; on CUDA bincount reads its max on the host
+            counts = torch.bincount(flat, minlength=bins + 1)
+        else:
+            counts = torch.zeros(bins + 1, dtype=torch.long, device=g.device)
+            counts.scatter_add_(
+                0, flat, torch.ones(1, dtype=torch.long, device=g.device).expand(flat.numel())
+            )
         counts = counts[:bins]
         stats = torch.cat([counts, counts.sum().reshape(1)])  # per-bin counts, tot
         world = 1
@@ -135,7 +146,8 @@ class _GradientDensity(nn.Module):
             self.updates.copy_(new_upd)
         self.last_num_nonempty.copy_(num_nonempty)
 
-        w = torch.where(valid, w_bin[idx], torch.zeros_like(g))
+        # 0 in the extra slot (invalid elements); index_select: one gather, no advanced indexing
+        w = torch.cat([w_bin, w_bin.new_zeros(1)]).index_select(0, flat).view(slot.shape)
         return w, tot_c / world
 
 
@@ -172,16 +184,16 @@ class GHMC(_GradientDensity):
             )
         x = logits.float()
         y = targets.to(x.dtype)
-        if valid_mask is None:
-            valid = torch.ones_like(x, dtype=torch.bool)
-        else:
-            valid = torch.broadcast_to(valid_mask.to(torch.bool), x.shape)
+        valid = None
+        if valid_mask is not None:
+            valid = valid_mask.to(torch.bool)
+            torch.broadcast_shapes(valid.shape, x.shape)  # a clear error if it does not fit
         with torch.no_grad():
-            g = (x.detach().sigmoid() - y).abs()
+            g = x.detach().sigmoid().sub_(y).abs_()
             w, norm = self.element_weights(g, valid)
-        loss = F.binary_cross_entropy_with_logits(x, y, reduction="none")
-        loss = torch.where(valid, loss * w, torch.zeros_like(loss))
-        return self.loss_weight * loss.sum() / norm
+        # the weights (0 on invalid elements) inside BCE: one fused pass forward and backward
+        loss = F.binary_cross_entropy_with_logits(x, y, weight=w, reduction="sum")
+        return self.loss_weight * loss / norm
 
 
 class GHMR(_GradientDensity):
