@@ -149,9 +149,9 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str,
             delta = row["AP"][0] - base["AP"][0]
             noise = 2 * max(row["AP"][1], base["AP"][1])
             verdict = f"{delta:+.1f}" + (" (within seed noise)" if abs(delta) <= noise else "")
-        cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f}" for m in METRICS]
-        mask = row["mask_AP"]
-        cells.append("-" if mask[0] != mask[0] else f"{mask[0]:.1f} ± {mask[1]:.1f}")
+        # "-": no value (e.g. APl without large objects in the split, mask AP of a box model)
+        cells = ["-" if row[m][0] != row[m][0] else f"{row[m][0]:.1f} ± {row[m][1]:.1f}"
+                 for m in METRICS + ("mask_AP",)]
         lines.append(f"| {row['desc']} | " + " | ".join(cells) +
                      f" | {row['s_per_iter'][0]:.2f} | {row['peak_mem_mb'][0]:.0f} | {verdict} |")
     md = "\n".join(lines) + "\n"
