@@ -20,7 +20,8 @@ demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
 ## compare: set up, then the method comparison of the README's Results (tree and synthetic
-## data, 3 seeds, 2 runs at a time; about 2.5 hours on a 2-core CPU), then its figures.
+## data, 3 seeds, 2 runs at a time; about 2.5 hours on a 2-core CPU: trees 89 min, synthetic
+## box methods 40 min + Mask R-CNN variants), then its figures.
 ## Finished runs in output/compare/ are reused, so an interrupted `make compare` goes on.
 COMPARE_JOBS ?= 2
 compare: setup
