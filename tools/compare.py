@@ -114,13 +114,13 @@ def last_error_line(log_path: str) -> str:
 
 def read_run(out: str) -> Dict[str, float]:
     with open(os.path.join(out, "eval_results.json")) as f:
-        bbox = json.load(f)["bbox"]
-    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.json"))]
+        results = json.load(f)
+    bbox, segm = results["bbox"], results.get("segm")
+    with open(os.path.join(out, "metrics.json")) as f:
+        rows = [json.loads(line) for line in f]
     times = [r["time"] for r in rows if "time" in r]
     mem = [r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r]
     res = {m: float(bbox[m]) for m in METRICS}
-    with open(os.path.join(out, "eval_results.json")) as f:
-        segm = json.load(f).get("segm")
     res["mask_AP"] = float(segm["AP"]) if segm else float("nan")
     # detectron2's "time" is the median-filtered seconds per iteration; skip warm-up rows.
     res["s_per_iter"] = statistics.median(times[len(times) // 5:]) if times else float("nan")
