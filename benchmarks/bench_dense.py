@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Speed and memory of the dense detectors' balanced-learning parts; prints a Markdown table.
 
-Workload (issue 4): 2 images of 800 x 1333 (padded to 800 x 1344), P3-P7 (2 x 22 400 points,
+Workload: 2 images of 800 x 1333 (padded to 800 x 1344), P3-P7 (2 x 22 400 points,
 2 x 201 600 RetinaNet anchors), 15 GTs per image (COCO-like sizes: sqrt(area) log-uniform in
 16-512 px, aspect ratio 1/2-2), 80 classes, R50-FPN models of the COCO configs (random
 initialisation: timings do not depend on the weights).
@@ -16,7 +16,7 @@ Rows:
    negative weights normalised on the GT's bag with boolean indexing as the reference,
    strongwolf/DW) -- target >= 5x faster -- and a loop that first compacts each GT's bag
    (``nonzero``) and computes on those points only. Also the dense (P, G) form built from the
-   module's dense functions (``dw_candidate_bag``, ``dw_center_prior``, ...; what
+   dense reference forms of tests/dw_dense_reference.py (``dw_candidate_bag``, ``dw_center_prior``, ...; what
    ``dw_image_terms`` computed before the bag-pair version), for comparison.
 2. The DW loss of the batch, forward + backward: the library (``dw_image_terms`` +
    ``dw_losses``, as ``DWFCOS.losses``) against the same per-GT loop with autograd (information
@@ -45,29 +45,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import statistics
 import subprocess
 import sys
-import time
-from typing import Callable, Dict, List
+from typing import Dict, List
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "projects"))
+import torch
 
-import torch  # noqa: E402
-
+from common import ROOT, load_at_start, machine, sync, timeit  # first: balanced_det from projects/
 import balanced_det  # noqa: E402,F401
 from balanced_det.config import load_config  # noqa: E402
 from balanced_det.ops import GHMC, GHMR  # noqa: E402
-from balanced_det.ops.dw import (  # noqa: E402
+from balanced_det.ops.dw import dw_image_weights  # noqa: E402
+
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from dw_dense_reference import (  # noqa: E402  (the dense (P, G) reference forms)
     dw_candidate_bag,
     dw_center_prior,
     dw_negative_weights,
     dw_pairwise_iou_giou,
     dw_positive_weights,
-    dw_image_weights,
 )
 from balanced_det.ops.points import grid_points  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
@@ -130,24 +127,6 @@ def dense_predictions(args, device):
     gts = [make_gts((h, w), args.num_gt, C, seed=i) for i in range(2)]
     gts = [(b.to(device), c.to(device)) for b, c in gts]
     return points, strides, logits, obj, ltrb, gts
-
-
-# ----------------------------------------------------------------------------- timing
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn: Callable[[], object], device, repeats: int) -> float:
-    fn()  # warm-up
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------- DW weighting
@@ -327,7 +306,7 @@ def bench_dw(args, device) -> List[Dict]:
              target=5.0),
         dict(name="DW weights (same)", ours=t_ours, ref=t_loop,
              ref_name="per-GT loop over bag points", kind="speedup", target=None),
-        dict(name="DW weights: dense (P, G) form (module's dense functions; the previous "
+        dict(name="DW weights: dense (P, G) form (dense reference forms of tests/dw_dense_reference.py; the previous "
              "dw_image_terms), for comparison", ours=t_dense, ref=t_cols,
              ref_name="per-GT loop over all points", kind="speedup", target=None),
         dict(name="DW loss forward + backward: ops.dw.dw_image_terms + dw_losses", ours=t_vl,
@@ -510,18 +489,6 @@ def row(r):
             f"| {shown} | {goal} | {verdict} |")
 
 
-def machine(device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
@@ -544,8 +511,7 @@ def main():
     h, w = image_size(args)
     print(f"# bench_dense: 2 images {h}x{w}, {args.num_gt} GTs/image, {args.num_classes} classes,"
           f" R50-FPN P3-P7, device {device} ({machine(device)}), amp={args.amp}, "
-          f"median of {args.repeats} after 1 warm-up; load average at start "
-          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs\n", flush=True)
+          f"median of {args.repeats} after 1 warm-up; {load_at_start()}\n", flush=True)
     rows = []
     only = set(args.only or ["dw", "steps", "ghm"])
     if "dw" in only:

@@ -2,14 +2,15 @@
 """Speed of the two-stage balanced-learning parts (PISA, Libra, OHEM, Sampling-Free); prints a
 Markdown table.
 
-Workload (issue 3): 2 images of 800 x 1333, 2000 RPN proposals + 15 GTs per image (GTs are
+Workload: 2 images of 800 x 1333, 2000 RPN proposals + 15 GTs per image (GTs are
 appended as proposals, as in training), 80 classes, the ROI head of
 ``configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.py`` (512 ROIs/image, 25 % positive).
 Proposals: 20 % jittered around the GTs, the rest random, so that every sampler has real work.
 
 Columns:
 
-* **ours**: our implementation (``balanced_det.ops`` / ``BalancedROIHeads``), median time.
+* **ours**: our implementation (``balanced_det.ops`` / ``BalancedROIHeads`` of the method's COCO
+  config), median time.
 * **loop**: the same maths written the straightforward way, here in the benchmark: a Python
   loop over GTs (instance-balanced positives, IoU-HLR as in mmdet's ``isr_p``), over IoU bins
   (IoU-balanced negatives) or over clusters (ISR-N's greedy NMS clustering and Score-HLR as
@@ -39,26 +40,21 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import statistics
 import sys
-import time
 from typing import Callable, Dict, List, Optional
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "projects"))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-
+from common import ROOT, load_at_start, machine, timeit  # first: balanced_det from projects/
 import balanced_det  # noqa: E402,F401
 from balanced_det.config import load_config  # noqa: E402
+from balanced_det.modeling.losses import CARL, SmoothL1Loss  # noqa: E402
 from balanced_det.modeling.roi_heads import (  # noqa: E402
     BalancedFastRCNNOutputLayers,
     BalancedROIHeads,
 )
 from balanced_det.ops import (  # noqa: E402
-    carl_loss,
     instance_balanced_pos_sample,
     iou_balanced_neg_sample,
     isr_n_select,
@@ -72,6 +68,14 @@ from detectron2.utils.events import EventStorage  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
 
 CONFIG = os.path.join(ROOT, "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.py")
+# ROI sampler -> the COCO config whose ROI head uses it
+SAMPLER_CONFIGS = {
+    "random": "configs/COCO-Detection/faster_rcnn_R_50_FPN_1x.py",
+    "libra": "configs/COCO-Detection/libra_faster_rcnn_R_50_FPN_1x.py",
+    "ohem": "configs/COCO-Detection/ohem_faster_rcnn_R_50_FPN_1x.py",
+    "pisa": "configs/COCO-Detection/pisa_faster_rcnn_R_50_FPN_1x.py",
+    "none": "configs/COCO-Detection/sampling_free_faster_rcnn_R_50_FPN_1x.py",
+}
 
 
 # ----------------------------------------------------------------------------- workload
@@ -112,33 +116,21 @@ def fpn_features(args, device, seed=0):
             for k in (2, 3, 4, 5)}
 
 
-def roi_heads(args, device, sampler, **predictor_kw):
-    cfg = load_config(CONFIG)
-    node = cfg.model.roi_heads
+def roi_heads(args, device, sampler):
+    """The ROI head of the COCO config of ``sampler`` (:data:`SAMPLER_CONFIGS`: its sampler,
+    positive weighting and box predictor) as a ``BalancedROIHeads`` (the baseline's: detectron2's
+    random sampling) with ``args.num_classes`` classes, train mode."""
+    node = load_config(os.path.join(ROOT, SAMPLER_CONFIGS[sampler])).model.roi_heads
     node._target_ = BalancedROIHeads
-    node.sampler = sampler
-    node.num_classes = args.num_classes
     node.box_predictor._target_ = BalancedFastRCNNOutputLayers
-    node.box_predictor.update(predictor_kw)
+    node.num_classes = args.num_classes
     torch.manual_seed(0)
     return instantiate(node).to(device).train()
 
 
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-
-
-def timeit(fn: Callable[[], object], device, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        t = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1000.0
+def timeit_ms(fn: Callable[[], object], device, repeats: int) -> float:
+    """:func:`common.timeit` in milliseconds."""
+    return 1e3 * timeit(fn, device, repeats)
 
 
 # ----------------------------------------------------------------------------- loops (b)
@@ -290,10 +282,10 @@ def bench(args, device) -> List[Dict]:
         # so that the balancing path runs (with fewer candidates than k_pos both return all)
         gid = g_idx[p_idx]
         k_ib = max(1, min(k_pos, gid.numel() // 2))
-        ours = timeit(lambda: [instance_balanced_pos_sample(gid, k_ib) for _ in range(2)],
-                      device, args.repeats)
-        loop = timeit(lambda: [instance_balanced_loop(gid, k_ib) for _ in range(2)],
-                      device, args.repeats)
+        ours = timeit_ms(lambda: [instance_balanced_pos_sample(gid, k_ib) for _ in range(2)],
+                         device, args.repeats)
+        loop = timeit_ms(lambda: [instance_balanced_loop(gid, k_ib) for _ in range(2)],
+                         device, args.repeats)
         a, b = instance_balanced_pos_sample(gid, k_ib), instance_balanced_loop(gid, k_ib)
         add(f"Libra instance-balanced positives (ops, 2 img, {n_gt} GTs)", ours, loop,
             agree=a.numel() == b.numel() == a.unique().numel(),
@@ -302,10 +294,10 @@ def bench(args, device) -> List[Dict]:
 
         # IoU-balanced negatives
         miou = m_iou[n_idx]
-        ours = timeit(lambda: [iou_balanced_neg_sample(miou, num - k_pos) for _ in range(2)],
-                      device, args.repeats)
-        loop = timeit(lambda: [iou_balanced_loop(miou, num - k_pos) for _ in range(2)],
-                      device, args.repeats)
+        ours = timeit_ms(lambda: [iou_balanced_neg_sample(miou, num - k_pos) for _ in range(2)],
+                         device, args.repeats)
+        loop = timeit_ms(lambda: [iou_balanced_loop(miou, num - k_pos) for _ in range(2)],
+                         device, args.repeats)
         add(f"Libra IoU-balanced negatives (ops, 2 img, {n_gt} GTs)", ours, loop,
             agree=(iou_balanced_neg_sample(miou, 384).numel()
                    == iou_balanced_loop(miou, 384).numel()),
@@ -316,10 +308,10 @@ def bench(args, device) -> List[Dict]:
     g = torch.Generator().manual_seed(1)
     losses = torch.rand(cand.tensor.shape[0], generator=g).to(device)
     is_pos = max_iou >= 0.5
-    ours = timeit(lambda: [ohem_topk(losses, is_pos, k_pos, num - k_pos) for _ in range(2)],
-                  device, args.repeats)
-    loop = timeit(lambda: [ohem_loop(losses, is_pos, k_pos, num - k_pos) for _ in range(2)],
-                  device, args.repeats)
+    ours = timeit_ms(lambda: [ohem_topk(losses, is_pos, k_pos, num - k_pos) for _ in range(2)],
+                     device, args.repeats)
+    loop = timeit_ms(lambda: [ohem_loop(losses, is_pos, k_pos, num - k_pos) for _ in range(2)],
+                     device, args.repeats)
     same = set(ohem_topk(losses, is_pos, k_pos, num - k_pos).tolist()) == set(
         ohem_loop(losses, is_pos, k_pos, num - k_pos).tolist())
     add("OHEM top-k selection (ops, 2 img)", ours, loop, same,
@@ -333,8 +325,8 @@ def bench(args, device) -> List[Dict]:
     cls_of_gt = torch.randint(args.num_classes, (2 * args.num_gt,), generator=g).to(device)
     labels_p = cls_of_gt[gt_ids]
     ce_p = torch.rand(n_pos, generator=g).to(device)
-    ours = timeit(lambda: isr_p_weights(ious_p, gt_ids, labels_p, ce_p), device, args.repeats)
-    loop = timeit(lambda: isr_p_loop(ious_p, gt_ids, labels_p, ce_p), device, args.repeats)
+    ours = timeit_ms(lambda: isr_p_weights(ious_p, gt_ids, labels_p, ce_p), device, args.repeats)
+    loop = timeit_ms(lambda: isr_p_loop(ious_p, gt_ids, labels_p, ce_p), device, args.repeats)
     same = torch.allclose(isr_p_weights(ious_p, gt_ids, labels_p, ce_p),
                           isr_p_loop(ious_p, gt_ids, labels_p, ce_p), atol=1e-5)
     add("PISA ISR-P weights / IoU-HLR (ops, batch)", ours, loop, same,
@@ -364,8 +356,8 @@ def bench(args, device) -> List[Dict]:
             out.append((sel, w * bg_ce[sel].sum() / (w * bg_ce[sel]).sum()))
         return out
 
-    ours = timeit(isr_n_ours, device, args.repeats)
-    loop = timeit(isr_n_ref, device, args.repeats)
+    ours = timeit_ms(isr_n_ours, device, args.repeats)
+    loop = timeit_ms(isr_n_ref, device, args.repeats)
     (s1, w1), (s2, w2) = isr_n_ours()[0], isr_n_ref()[0]
     k_hlr = min(n_valid, num - k_pos)
     top = probs.max(1).values
@@ -383,7 +375,10 @@ def bench(args, device) -> List[Dict]:
     prob = torch.rand(n_pos, generator=g).to(device).requires_grad_()
     d = torch.randn(n_pos, 4, generator=g).to(device).requires_grad_()
     t = torch.randn(n_pos, 4, generator=g).to(device)
-    ours = timeit(lambda: carl_loss(prob, d, t, avg_factor=1024).backward(), device, args.repeats)
+    carl = CARL(k=1.0, bias=0.2)
+    box = SmoothL1Loss(beta=1.0)
+    ours = timeit_ms(lambda: carl(prob, box.per_box(d, t), 1024.0).backward(), device,
+                     args.repeats)
     add("PISA CARL loss, forward + backward (ops)", ours, None,
         note="no loop in the method")
 
@@ -406,7 +401,7 @@ def bench(args, device) -> List[Dict]:
         real = cached_predict(heads)
         with torch.no_grad():
             fn = (lambda h=heads: h.label_and_sample_proposals(proposals, targets, features=feats))
-            ms = timeit(fn, device, args.repeats)
+            ms = timeit_ms(fn, device, args.repeats)
         head_rows[sampler] = ms
         add(f"ROI sampler '{sampler}' (head, 2 img)", ms, None,
             note="match + sample + weights" + (", extra forward excluded"
@@ -419,7 +414,7 @@ def bench(args, device) -> List[Dict]:
                     b = Boxes.cat([p.proposal_boxes, tg.gt_boxes])
                     v = pairwise_iou(tg.gt_boxes, b).max(dim=0).values
                     labels.append(b[v < 0.5] if sampler == "pisa" else b)
-                ms_fwd = timeit(lambda: real(feats, labels), device, args.repeats)
+                ms_fwd = timeit_ms(lambda: real(feats, labels), device, args.repeats)
             add(f"ROI sampler '{sampler}': extra box-head forward", ms_fwd, None,
                 note=f"{sum(len(x) for x in labels)} ROIs, no grad (part of the method)")
 
@@ -432,13 +427,13 @@ def bench(args, device) -> List[Dict]:
     g = torch.Generator().manual_seed(5)
     preds = (torch.randn(n_rois, args.num_classes + 1, generator=g).to(device),
              torch.randn(n_rois, 4 * args.num_classes, generator=g).to(device) * 0.1)
-    ms = timeit(lambda: heads._apply_isr_p(preds, sampled), device, args.repeats)
+    ms = timeit_ms(lambda: heads._apply_isr_p(preds, sampled), device, args.repeats)
     add("PISA ISR-P in the head (decode + IoU + CE + weights)", ms, None,
         note=f"{n_rois} sampled ROIs")
     # the PISA box predictor's losses (CE weighted + smooth L1 + CARL) vs detectron2's losses
     p2 = (preds[0].clone().requires_grad_(), preds[1].clone().requires_grad_())
-    ms_loss = timeit(lambda: sum(heads.box_predictor.losses(p2, sampled).values()).backward(),
-                     device, args.repeats)
+    ms_loss = timeit_ms(lambda: sum(heads.box_predictor.losses(p2, sampled).values()).backward(),
+                        device, args.repeats)
     add("PISA predictor losses incl. CARL, fwd + bwd", ms_loss, None, note="for reference")
     storage.__exit__(None, None, None)
     return rows
@@ -464,14 +459,7 @@ def training_step_ms(args, device) -> float:
             sum(losses.values()).backward()
             opt.step()
 
-    return timeit(step, device, 1 if args.quick else min(args.repeats, 3))
-
-
-def machine(device) -> str:
-    if torch.device(device).type == "cuda":
-        return torch.cuda.get_device_name()
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-            f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    return timeit_ms(step, device, 1 if args.quick else min(args.repeats, 3))
 
 
 def fmt(x: Optional[float]) -> str:
@@ -504,14 +492,13 @@ def main():
         torch.set_num_threads(args.threads)
     device = args.device
     torch.manual_seed(0)
-    load_at_start = os.getloadavg()[0]
+    load = load_at_start()
     rows = bench(args, device)
     step = None if args.no_step else training_step_ms(args, device)
     print(f"\n## Two-stage balanced learning: speed ({machine(device)})\n")
     print(f"Workload: 2 images {args.size[0]}x{args.size[1]}, {args.num_proposals} proposals + "
           f"{args.num_gt} GTs per image, {args.num_classes} classes, 512 ROIs/image; "
-          f"median of {args.repeats} run(s); load average at start {load_at_start:.2f} on "
-          f"{os.cpu_count()} CPUs.\n")
+          f"median of {args.repeats} run(s); {load}.\n")
     print(f"(c) detectron2 R50-FPN Faster R-CNN training step: **{fmt(step)} ms**"
           + (" (not measured: --no-step)" if step is None else "") + "\n")
     print("| component | ours (ms) | loop (ms) | loop / ours | ours / step | same result | "

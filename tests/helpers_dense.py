@@ -52,9 +52,35 @@ def fcos_head(num_classes, **kw):
                          conv_dims=[CH], norm="GN", **kw)
 
 
+def dense_plugins(cls_loss_type=None, box_reg_loss_type=None, isr_p=False, carl=False,
+                  guided_loss=False, sampling_free_init=False, **kw):
+    """Detector keyword arguments with the method flags of the tests turned into plug-ins
+    (each with its defaults); detectron2's own ``box_reg_loss_type`` strings pass through."""
+    from balanced_det.modeling import (
+        CARL, BalancedL1Loss, GHMCLoss, GHMRLoss, GuidedLoss, ISRPWeighting, SigmoidBCELoss)
+
+    cls = {None: None, "focal": None, "bce": SigmoidBCELoss, "ghm": GHMCLoss}[cls_loss_type]
+    if cls is not None:
+        kw["cls_loss"] = cls()
+    box = {"balanced_l1": lambda: BalancedL1Loss(beta=0.11), "ghm": GHMRLoss}.get(box_reg_loss_type)
+    if box is not None:
+        kw["box_reg_loss"] = box()
+    elif box_reg_loss_type is not None:
+        kw["box_reg_loss_type"] = box_reg_loss_type
+    if isr_p:
+        kw["positive_weighting"] = ISRPWeighting()
+    if carl:
+        kw["carl"] = CARL()
+    if guided_loss:
+        kw["guided_loss"] = GuidedLoss()
+    if sampling_free_init:
+        kw["prior_init"] = True
+    return kw
+
+
 def tiny_fcos(num_classes=3, **kw):
     return FCOS(backbone=TinyBackbone(), head=fcos_head(num_classes), head_in_features=NAMES,
-                num_classes=num_classes, **PIXEL, **kw)
+                num_classes=num_classes, **PIXEL, **dense_plugins(**kw))
 
 
 def tiny_dw_fcos(num_classes=3, box_refine=False, **kw):
@@ -84,7 +110,7 @@ def tiny_retinanet(num_classes=3, detectron2_class=False, **kw):
     parts = retinanet_parts(num_classes)
     if detectron2_class:
         return RetinaNet(**parts, **kw)
-    return BalancedRetinaNet(**parts, **kw)
+    return BalancedRetinaNet(**parts, **dense_plugins(**kw))
 
 
 def instances(boxes, classes, h=128, w=160):

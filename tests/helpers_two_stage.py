@@ -10,8 +10,54 @@ from detectron2.modeling.proposal_generator import RPN, StandardRPNHead
 from detectron2.modeling.roi_heads import FastRCNNConvFCHead, FastRCNNOutputLayers, StandardROIHeads
 from detectron2.structures import Boxes, Instances
 
+from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
 from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
 from balanced_det.modeling.rpn import BalancedRPN
+from balanced_det.modeling.samplers import (
+    AllSampler,
+    CombinedSampler,
+    InstanceBalancedPosSampler,
+    IoUBalancedNegSampler,
+    ISRPWeighting,
+    OHEMSampler,
+    RandomNegSampler,
+    RandomPosSampler,
+    RandomSampler,
+    ScoreHLRSampler,
+)
+
+#: the ROI samplers of the package, by the method they implement (test parametrisation)
+ROI_SAMPLERS = ("random", "ohem", "libra", "pisa", "none")
+
+
+def roi_sampler(method, isr_n=True, **kw):
+    """The sampler object of a method (``kw``: the sampler's own arguments)."""
+    if method == "random":
+        return RandomSampler()
+    if method == "ohem":
+        return OHEMSampler(**kw)
+    if method == "libra":
+        return CombinedSampler(InstanceBalancedPosSampler(), IoUBalancedNegSampler(**kw))
+    if method == "pisa":
+        return (ScoreHLRSampler(**kw) if isr_n
+                else CombinedSampler(RandomPosSampler(), RandomNegSampler()))
+    if method == "none":
+        return AllSampler()
+    raise KeyError(method)
+
+
+def predictor_plugins(carl=False, guided_loss=False, guided_w_cls=2.0, box_reg_loss_type=None,
+                      **kw):
+    """Predictor keyword arguments with the method flags of the tests turned into plug-ins."""
+    if carl:
+        kw["carl"] = CARL()
+    if guided_loss:
+        kw["guided_loss"] = GuidedLoss(w_cls=guided_w_cls)
+    if box_reg_loss_type == "balanced_l1":
+        kw["box_reg_loss"] = BalancedL1Loss()
+    elif box_reg_loss_type is not None:
+        kw["box_reg_loss_type"] = box_reg_loss_type
+    return kw
 
 NUM_CLASSES = 3
 CHANNELS = 8
@@ -33,15 +79,23 @@ def roi_parts(num_classes=NUM_CLASSES, predictor_cls=BalancedFastRCNNOutputLayer
                                     conv_dims=[], fc_dims=[32]),
         box_predictor=predictor_cls(ShapeSpec(channels=32), num_classes=num_classes,
                                     box2box_transform=Box2BoxTransform((10, 10, 5, 5)),
-                                    test_score_thresh=0.05, **predictor_kw),
+                                    test_score_thresh=0.05,
+                                    **(predictor_plugins(**predictor_kw)
+                                       if predictor_cls is BalancedFastRCNNOutputLayers
+                                       else predictor_kw)),
     )
 
 
-def balanced_roi_heads(sampler="random", seed=0, predictor_kw=None, matcher=None, **kw):
+def balanced_roi_heads(sampler="random", seed=0, predictor_kw=None, matcher=None, isr_p=None,
+                       isr_n=True, sampler_kw=None, **kw):
+    """A ROI head with the sampler of method ``sampler`` (ISR-P on by default with "pisa")."""
     torch.manual_seed(seed)
     parts = roi_parts(matcher=matcher, **(predictor_kw or {}))
     parts.update(kw)
-    return BalancedROIHeads(sampler=sampler, **parts)
+    if isr_p is None:
+        isr_p = sampler == "pisa"
+    return BalancedROIHeads(sampler=roi_sampler(sampler, isr_n=isr_n, **(sampler_kw or {})),
+                            positive_weighting=ISRPWeighting() if isr_p else None, **parts)
 
 
 def standard_roi_heads(seed=0):
@@ -114,9 +168,12 @@ def rpn_parts():
     )
 
 
-def balanced_rpn(seed=0, **kw):
+def balanced_rpn(seed=0, sampler="random", guided_loss=False, **kw):
+    """A BalancedRPN; ``sampler="none"``: Sampling-Free (every anchor, positive normaliser)."""
     torch.manual_seed(seed)
-    return BalancedRPN(**rpn_parts(), **kw)
+    if sampler == "none":
+        kw.update(sampler=AllSampler(), loss_normalizer="positives")
+    return BalancedRPN(**rpn_parts(), guided_loss=GuidedLoss() if guided_loss else None, **kw)
 
 
 def standard_rpn(seed=0):

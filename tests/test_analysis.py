@@ -1,149 +1,236 @@
-"""tools/analysis.py: the ROI head's sample recorder, and each figure's data extraction on tiny
-randomly initialised models (no training), with a figure written."""
-import importlib.util
+"""tools/analysis: finished runs as tools/compare.py counts them, and each figure's data
+extraction on tiny randomly initialised models (no training), with a figure written."""
+import copy
 import json
 import os
+import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from detectron2.structures import pairwise_iou
+from balanced_det.config import load_config
+from detectron2.config import LazyCall as L
+from detectron2.structures import Boxes, Instances, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-import helpers_two_stage as H
 from conftest import ROOT
 from helpers import tiny_cfg
 
-_spec = importlib.util.spec_from_file_location("analysis_tool",
-                                               os.path.join(ROOT, "tools", "analysis.py"))
-A = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(A)
+if ROOT not in sys.path:  # the tools package (``python -m pytest`` from the root has it)
+    sys.path.insert(0, ROOT)
+
+from tools import compare as C  # noqa: E402
+from tools.analysis import curves, dw, runs, samplers, sampling_free  # noqa: E402
+from tools.analysis.__main__ import main  # noqa: E402
 
 SYN = os.path.join(ROOT, "configs", "Synthetic")
+FRCNN = os.path.join(SYN, "faster_rcnn_effnet_lite0_FPN.py")
 
 
-def _forward(heads, recorder=None, seed=5):
-    proposals, targets = H.crafted_batch()
-    heads.train()
-    heads.sample_recorder = recorder
+# ---- samplers --------------------------------------------------------------------------------
+def test_samples_from_record_hand_values():
+    p = Instances((100, 100))
+    p.proposal_boxes = Boxes(torch.tensor([[0., 0., 10., 10.], [0., 0., 10., 5.],
+                                           [50., 50., 60., 60.]]))
+    p.gt_boxes = Boxes(torch.tensor([[0., 0., 10., 10.]] * 3))  # matched GT, also background
+    p.gt_classes = torch.tensor([1, 2, 2])  # 2 classes + background (2)
+    p.cls_weights = torch.tensor([1.5, 0.5, 1.0])
+    scores = torch.tensor([[0.0, 2.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
+    s = samplers.samples_from_record([p], (scores, None), num_classes=2)
+    np.testing.assert_allclose(s["iou"], [1.0, 0.5, 0.0], atol=1e-6)
+    ce = -torch.log_softmax(scores, 1)[torch.arange(3), p.gt_classes].numpy()
+    np.testing.assert_allclose(s["loss"], ce, rtol=1e-6)
+    np.testing.assert_allclose(s["weight"], [1.5, 0.5, 1.0])
+    assert s["positive"].tolist() == [True, False, False]
+    p.remove("cls_weights")
+    assert np.all(samplers.samples_from_record([p], (scores, None), 2)["weight"] == 1.0)
+
+
+def test_sampler_variant_head_copies_sampler_and_positive_weighting(monkeypatch):
+    """Only the method config's ``roi_heads.sampler`` / ``positive_weighting`` nodes reach the
+    head; the rest is the baseline's (the head class itself is stubbed)."""
+    from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
+
+    built = []
+
+    def fake_instantiate(node):
+        built.append(node)
+        return copy.deepcopy(model.roi_heads)
+
+    monkeypatch.setattr(samplers, "instantiate", fake_instantiate)
+    roi_heads = torch.nn.Module()
+    roi_heads.box_predictor = torch.nn.Linear(2, 2)  # takes no per-sample weights
+    model = SimpleNamespace(roi_heads=roi_heads, device="cpu")
+    cfg = load_config(FRCNN)
+    method = load_config(FRCNN)
+    method.model.roi_heads.sampler = L(SimpleNamespace)(pos=L(SimpleNamespace)(k=1), num_bins=3)
+    method.model.roi_heads.positive_weighting = L(SimpleNamespace)(gamma=2.0)
+    method.model.roi_heads.batch_size_per_image = 7  # not a sampler part: not taken
+
+    samplers.sampler_variant_head(cfg, model, method)
+    roi = built[-1]
+    assert roi._target_ is BalancedROIHeads
+    assert roi.box_predictor._target_ is BalancedFastRCNNOutputLayers
+    assert roi.sampler == method.model.roi_heads.sampler
+    assert roi.positive_weighting == method.model.roi_heads.positive_weighting
+    assert roi.batch_size_per_image == cfg.model.roi_heads.batch_size_per_image != 7
+    roi.sampler.num_bins = 5
+    assert method.model.roi_heads.sampler.num_bins == 3  # a copy
+    assert "sampler" not in cfg.model.roi_heads  # the baseline config is left as it was
+
+    # a method config with neither part: the head's defaults (random sampling, no weighting)
+    samplers.sampler_variant_head(cfg, model, load_config(FRCNN))
+    assert built[-1].get("sampler") is None and built[-1].get("positive_weighting") is None
+    # ... also when the baseline itself sets them (e.g. the PISA run's weights as the base)
+    samplers.sampler_variant_head(method, model, load_config(FRCNN))
+    assert built[-1].sampler is None and built[-1].positive_weighting is None
+
+
+def _record(head, images, features, proposals, gt, recorder, seed=3):
+    head.sample_recorder = recorder
     torch.manual_seed(seed)
     with EventStorage(0):
-        out, losses = heads(H.image_list(), H.features(), proposals, targets)
-    heads.sample_recorder = None
-    return out, losses, targets
+        out = head(images, features, proposals, gt)
+    head.sample_recorder = None
+    return out
 
 
-# ---- the recording hook -------------------------------------------------------------------------
-@pytest.mark.parametrize("sampler", ["random", "ohem", "libra", "pisa", "none"])
-def test_sample_recorder_records_the_sampled_rois(sampler):
+@pytest.fixture(scope="module")
+def frcnn_batch(tmp_path_factory):
+    """A tiny random Faster R-CNN, one training batch, its features and RPN proposals."""
+    cfg = tiny_cfg(FRCNN, tmp_path_factory.mktemp("frcnn"))
+    model, _ = runs.load_model(cfg, None)
+    batch = samplers.training_batch(cfg, iteration=0)
+    model.train()
+    with torch.no_grad(), EventStorage(0):
+        images = model.preprocess_image(batch)
+        gt = [x["instances"] for x in batch]
+        features = model.backbone(images.tensor)
+        proposals, _ = model.proposal_generator(images, features, gt)
+    return SimpleNamespace(cfg=cfg, model=model, batch=batch, images=images, gt=gt,
+                           features=features, proposals=proposals)
+
+
+def test_sample_recorder_records_the_sampled_rois(frcnn_batch):
+    b = frcnn_batch
+    head = samplers.sampler_variant_head(b.cfg, b.model, b.cfg).train()  # random sampler
     records = []
-    heads = H.balanced_roi_heads(sampler)
-    out, losses, targets = _forward(heads, lambda p, pred: records.append((p, pred)))
+    with torch.no_grad():
+        out, _ = _record(head, b.images, b.features, b.proposals, b.gt,
+                         lambda p, pred: records.append((p, pred)))
     assert len(records) == 1
     props, (scores, deltas) = records[0]
     assert props is out  # the sampled proposals that trained the box head
     n = sum(len(p) for p in props)
-    assert scores.shape == (n, H.NUM_CLASSES + 1)
-    if sampler == "pisa":  # ISR-P (positives) and ISR-N (negatives) weights, after ISR-P
-        assert all(p.has("cls_weights") for p in props)
+    assert 0 < n <= head.batch_size_per_image * len(b.batch)
+    assert scores.shape == (n, head.num_classes + 1)
 
-    s = A.samples_from_record(props, (scores, deltas), H.NUM_CLASSES)
+    s = samplers.samples_from_record(props, (scores, deltas), head.num_classes)
     assert {len(v) for v in s.values()} == {n}
-    # IoU = the proposal's max IoU with its image's GTs; positives exactly those >= 0.5.
+    # IoU = the proposal's max IoU with its image's GTs; positives exactly those >= the
+    # matcher's foreground threshold
     max_iou = torch.cat([pairwise_iou(t.gt_boxes, p.proposal_boxes).max(dim=0).values
-                         for p, t in zip(props, targets)]).numpy()
+                         for p, t in zip(props, b.gt)]).numpy()
     np.testing.assert_allclose(s["iou"], max_iou, atol=1e-6)
-    np.testing.assert_array_equal(s["positive"], max_iou >= 0.5)
+    fg = head.proposal_matcher.thresholds[1]
+    np.testing.assert_array_equal(s["positive"], max_iou >= fg)
     labels = torch.cat([p.gt_classes for p in props])
-    ce = torch.nn.functional.cross_entropy(scores.detach(), labels, reduction="none").numpy()
-    np.testing.assert_allclose(s["loss"], ce, rtol=1e-6)
-    if sampler == "pisa":
-        weights = torch.cat([p.cls_weights for p in props]).detach().numpy()
-        np.testing.assert_allclose(s["weight"], weights)
-        assert not np.allclose(s["weight"], 1.0)
-    else:
-        assert np.all(s["weight"] == 1.0)
+    ce = torch.nn.functional.cross_entropy(scores.float(), labels, reduction="none").numpy()
+    np.testing.assert_allclose(s["loss"], ce, rtol=1e-5)
+    assert np.all(s["weight"] == 1.0)
 
 
-def test_sample_recorder_changes_nothing():
-    a, la, _ = _forward(H.balanced_roi_heads("pisa"), recorder=None)
-    b, lb, _ = _forward(H.balanced_roi_heads("pisa"), recorder=lambda p, pred: None)
-    assert set(la) == set(lb)
+def test_sample_recorder_changes_nothing(frcnn_batch):
+    b = frcnn_batch
+    head = samplers.sampler_variant_head(b.cfg, b.model, b.cfg).train()
+    assert head.sample_recorder is None  # off by default
+    a, la = _record(head, b.images, b.features, b.proposals, b.gt, None)
+    c, lc = _record(head, b.images, b.features, b.proposals, b.gt, lambda p, pred: None)
+    assert set(la) == set(lc)
     for k in la:
-        assert torch.equal(la[k], lb[k]), k
-    for x, y in zip(a, b):
+        assert torch.equal(la[k], lc[k]), k
+    for x, y in zip(a, c):
         assert torch.equal(x.proposal_boxes.tensor, y.proposal_boxes.tensor)
-        assert torch.equal(x.cls_weights, y.cls_weights)
-    assert H.balanced_roi_heads("random").sample_recorder is None  # off by default
 
 
-# ---- each subcommand's data and figure, tiny random models ----------------------------------
-def test_samplers_figure(tmp_path):
-    cfg = tiny_cfg(os.path.join(SYN, "faster_rcnn_effnet_lite0_FPN.py"), tmp_path / "frcnn")
-    model, _ = A.load_model(cfg, None)
-    knobs = A.sampler_knobs("synthetic")
-    assert knobs["pisa"]["sampler"] == "pisa" and knobs["ohem"]["sampler"] == "ohem"
-    batch = A.training_batch(cfg, iteration=0)
-    samples = A.collect_sampler_samples(cfg, model, batch, knobs)
+def test_samplers_figure(frcnn_batch, tmp_path):
+    b = frcnn_batch
+    method_cfgs = samplers.sampler_method_configs("synthetic")
+    assert list(method_cfgs) == ["random", "ohem", "libra", "pisa", "none"]
+    samples = samplers.collect_sampler_samples(b.cfg, b.model, b.batch, method_cfgs)
     assert set(samples) == {"random", "ohem", "libra", "pisa", "none"}
+    per_image = b.model.roi_heads.batch_size_per_image
     for name in ("random", "ohem", "libra", "pisa"):
         s = samples[name]
-        assert len(s["iou"]) > 0 and np.isfinite(s["loss"]).all()
+        assert 0 < len(s["iou"]) <= per_image * len(b.batch) and np.isfinite(s["loss"]).all()
         # every sampled ROI is among the candidates ("none" keeps every labelled proposal)
         assert len(s["iou"]) <= len(samples["none"]["iou"])
-    per_image = model.roi_heads.batch_size_per_image
-    assert len(samples["random"]["iou"]) <= per_image * len(batch)
-    path = A.plot_samplers(samples, str(tmp_path / "samplers.png"), "t", "caption")
+        # PISA weights its samples (ISR-P, ISR-N), the others do not
+        assert np.allclose(s["weight"], 1.0) == (name != "pisa"), name
+    # OHEM picks the highest-loss negatives: not the random ones
+    neg = {k: np.sort(samples[k]["loss"][~samples[k]["positive"]]) for k in ("random", "ohem")}
+    assert neg["ohem"].mean() > neg["random"].mean()
+    path = samplers.plot_samplers(samples, str(tmp_path / "samplers.png"), "t", "caption")
     assert os.path.getsize(path) > 0
 
 
+# ---- dw, sampling_free -----------------------------------------------------------------------
 def test_dw_figure(tmp_path):
     cfg = tiny_cfg(os.path.join(SYN, "dw_fcos_effnet_lite0_FPN.py"), tmp_path / "dw")
-    model, _ = A.load_model(cfg, None)
+    model, _ = runs.load_model(cfg, None)
     from balanced_det.data import get_detection_dataset_dicts
 
     dicts = get_detection_dataset_dicts("synthetic_tiny_val", filter_empty=False)
-    d = A.busiest_image(dicts)
+    d = dw.busiest_image(dicts)
     assert len(d["annotations"]) == max(len(x.get("annotations", [])) for x in dicts)
-    item = A.mapped_image(cfg, d)
-    res = A.dw_maps(model, item, ["p3", "p4"])
+    item = dw.mapped_image(cfg, d)
+    res = dw.dw_maps(model, item, ["p3", "p4"])
     assert set(res["maps"]) == {"p3", "p4"}
     assert len(res["gt_boxes"]) == len(d["annotations"])
     p3 = res["maps"]["p3"]
     assert p3["pos_weight"].shape == p3["score"].shape == p3["iou"].shape
     assert (p3["neg_weight"] >= 0).all() and (p3["neg_weight"] <= 1).all()
     assert p3["pos_weight"].max() > 0  # points inside the GT boxes get positive weight
+    assert ((p3["iou"] >= 0) & (p3["iou"] <= 1)).all()
     img = np.zeros((*item["image"].shape[1:], 3), dtype=np.uint8)
-    path = A.plot_dw(res, img, str(tmp_path / "dw.png"), "t", "caption")
+    path = dw.plot_dw(res, img, str(tmp_path / "dw.png"), "t", "caption")
     assert os.path.getsize(path) > 0
 
 
 def test_sampling_free_figure(tmp_path):
     cfg = tiny_cfg(os.path.join(SYN, "sampling_free_retinanet_effnet_lite0_FPN.py"),
                    tmp_path / "sf")
-    model, _ = A.load_model(cfg, None)  # dataset statistics: class-adaptive thresholds set
-    theta = A.model_class_thresholds(model)
+    model, _ = runs.load_model(cfg, None)  # dataset statistics: class-adaptive thresholds set
+    theta = sampling_free.model_class_thresholds(model)
     assert theta is not None and theta.shape == (3,)
-    loader, name, n = A._val_loader(cfg, max_images=1)
-    sf = A.score_statistics(model, loader, name, {"global": False, "adaptive": True}, 0.05, n)
+    loader, name, n = sampling_free.validation_loader(cfg, max_images=1)
+    sf = sampling_free.score_statistics(model, loader, name, {"global": False, "adaptive": True},
+                                        0.05, n)
     assert sf["num_images"] == 1 and sf["hist"].sum() + sf["below"] == sf["total"] > 0
     assert set(sf["ap"]) == {"global", "adaptive"}
-    assert model.class_adaptive_thresholds  # restored after the global-threshold pass
+    # restored after the global-threshold pass
+    np.testing.assert_array_equal(sampling_free.model_class_thresholds(model), theta)
     bcfg = tiny_cfg(os.path.join(SYN, "retinanet_effnet_lite0_FPN.py"), tmp_path / "rn")
-    bmodel, _ = A.load_model(bcfg, None)
-    bloader, _, _ = A._val_loader(bcfg, max_images=1)
-    base = A.score_statistics(bmodel, bloader, name, {"global": False}, 0.05, n)
-    md = A.threshold_table([("base", "global", base, "0.05"), ("sf", "global", sf, "0.05"),
-                            ("sf", "adaptive", sf, "class-adaptive")], ["a", "b", "c"], theta,
-                           0.05, "header")
+    bmodel, _ = runs.load_model(bcfg, None)
+    bloader, _, _ = sampling_free.validation_loader(bcfg, max_images=1)
+    base = sampling_free.score_statistics(bmodel, bloader, name, {"global": False}, 0.05, n)
+    assert base["total"] == sf["total"]  # same anchors x classes, one score each
+    md = sampling_free.threshold_table(
+        [("base", "global", base, "0.05"), ("sf", "global", sf, "0.05"),
+         ("sf", "adaptive", sf, "class-adaptive")], ["a", "b", "c"], theta, 0.05, "header")
     assert md.count("\n| ") >= 5 and "theta" in md
-    path = A.plot_sampling_free(base, sf, "base", "sf", ["a", "b", "c"], 0.05,
-                                str(tmp_path / "sf.png"), "t", "caption")
+    path = sampling_free.plot_sampling_free(base, sf, "base", "sf", ["a", "b", "c"], 0.05,
+                                            str(tmp_path / "sf.png"), "t", "caption")
     assert os.path.getsize(path) > 0
 
 
-def _fake_run(folder, losses, aps, final_ap):
+# ---- finished runs, curves, the command line -------------------------------------------------
+def _fake_run(compare_dir, name, seed, losses, aps, final_ap, config=None):
+    """A run folder as tools/compare.py leaves a finished run (``config``: the one recorded,
+    default the suite's)."""
+    folder = os.path.join(compare_dir, name, f"seed{seed}")
     os.makedirs(folder)
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         for it, v in losses.items():
@@ -152,34 +239,77 @@ def _fake_run(folder, losses, aps, final_ap):
             f.write(json.dumps({"iteration": it, "bbox/AP": v}) + "\n")
     with open(os.path.join(folder, "eval_results.json"), "w") as f:
         json.dump({"bbox": {"AP": final_ap}}, f)
+    config = config or runs.suite_entry("synthetic", name)[1]
+    with open(os.path.join(folder, "compare_run.json"), "w") as f:
+        json.dump(C.run_key(config, seed, 100, []), f)
+    return folder
+
+
+def test_finished_runs_are_compare_runs_of_the_suite_config(tmp_path):
+    cmp = str(tmp_path)
+    folder = _fake_run(cmp, "dw_fcos", 0, {9: 1.0}, {}, 1.0)
+    ref = runs.RunRef("synthetic", "dw_fcos", 0, cmp)
+    assert ref.finished()
+    with pytest.raises(runs.MissingRunError, match="model_final.pth"):
+        ref.check()  # finished, but without its checkpoint
+    open(os.path.join(folder, "model_final.pth"), "w").close()
+    assert ref.check() is ref
+    assert not runs.RunRef("synthetic", "dw_fcos", 1, cmp).finished()  # another seed
+    # the same folder name trained from another config is not this run
+    _fake_run(cmp, "fcos", 0, {9: 1.0}, {}, 1.0, config="configs/Synthetic/other.py")
+    assert not runs.RunRef("synthetic", "fcos", 0, cmp).finished()
 
 
 def test_curves_figure_and_missing_runs(tmp_path):
     cmp = tmp_path / "cmp"
     for seed in (0, 1):
         for name, scale in (("retinanet", 1.0), ("ghm_retinanet", 0.5), ("faster_rcnn", 2.0)):
-            _fake_run(str(cmp / name / f"seed{seed}"),
+            _fake_run(str(cmp), name, seed,
                       {i: scale * (3 - i / 50) + 0.1 * seed for i in range(9, 100, 10)},
                       {49: 5.0 + seed, 99: 10.0 + seed}, 10.0 + seed)
-    os.makedirs(cmp / "dw_fcos" / "seed0")  # unfinished: no eval_results.json
+    # unfinished: training (no eval_results.json, no compare_run.json)
+    os.makedirs(cmp / "dw_fcos" / "seed0")
     (cmp / "dw_fcos" / "seed0" / "metrics.json").write_text('{"iteration": 9, "total_loss": 1}\n')
-    curves, missing, unfinished = A.read_curves("synthetic", str(cmp))
-    assert set(curves) == {"retinanet", "ghm_retinanet", "faster_rcnn"}
-    assert "dw_fcos" in missing and unfinished == [os.path.join("dw_fcos", "seed0")]
-    assert curves["retinanet"]["seeds"] == [0, 1] and curves["retinanet"]["family"] == "retinanet"
-    its, mean, lo, hi = A._band(curves["retinanet"]["loss"])
+    # unfinished: evaluated, but not recorded by tools/compare.py as its run
+    unrecorded = _fake_run(str(cmp), "fcos", 0, {9: 1.0}, {}, 1.0)
+    os.remove(os.path.join(unrecorded, "compare_run.json"))
+    crv, missing, unfinished = curves.read_curves("synthetic", str(cmp))
+    assert set(crv) == {"retinanet", "ghm_retinanet", "faster_rcnn"}
+    assert {"dw_fcos", "fcos"} <= set(missing)
+    assert sorted(unfinished) == [os.path.join("dw_fcos", "seed0"), os.path.join("fcos", "seed0")]
+    assert crv["retinanet"]["seeds"] == [0, 1] and crv["retinanet"]["family"] == "retinanet"
+    assert crv["retinanet"]["final_ap"] == [10.0, 11.0]
+    its, mean, lo, hi = curves.seed_band(crv["retinanet"]["loss"])
     assert len(its) == 10 and np.all(lo <= mean) and np.all(mean <= hi)
-    written = A.main(["curves", "--suite", "synthetic", "--compare-dir", str(cmp),
-                      "--out", str(tmp_path / "fig")])
+    written = main(["curves", "--suite", "synthetic", "--compare-dir", str(cmp),
+                    "--out", str(tmp_path / "fig")])
     assert written == [str(tmp_path / "fig" / "synthetic_curves.png")]
     assert os.path.getsize(written[0]) > 0
 
     # a figure whose run is missing names the run and the command that trains it
     with pytest.raises(SystemExit, match=r"python tools/compare\.py --suite synthetic --only "
                                          r"dw_fcos --seeds 0"):
-        A.main(["dw", "--suite", "synthetic", "--compare-dir", str(cmp), "--out",
-                str(tmp_path / "fig")])
+        main(["dw", "--suite", "synthetic", "--compare-dir", str(cmp), "--out",
+              str(tmp_path / "fig")])
     # `all` skips the missing ones and still draws the curves
-    written = A.main(["all", "--suite", "synthetic", "--compare-dir", str(cmp), "--out",
-                      str(tmp_path / "fig2")])
+    written = main(["all", "--suite", "synthetic", "--compare-dir", str(cmp), "--out",
+                    str(tmp_path / "fig2")])
     assert [os.path.basename(p) for p in written] == ["synthetic_curves.png"]
+
+
+def test_no_runs_at_all_names_the_comparison_command(tmp_path):
+    with pytest.raises(SystemExit, match=r"python tools/compare\.py --suite trees --output"):
+        main(["curves", "--suite", "trees", "--compare-dir", str(tmp_path), "--out",
+              str(tmp_path / "fig")])
+
+
+def test_script_entry_point(tmp_path):
+    """``python tools/analysis.py`` (the README's command) runs the package's command line."""
+    import subprocess
+
+    res = subprocess.run([sys.executable, os.path.join(ROOT, "tools", "analysis.py"), "curves",
+                          "--suite", "synthetic", "--compare-dir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=str(tmp_path),
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 1
+    assert "no finished comparison runs of suite 'synthetic'" in res.stderr

@@ -3,19 +3,19 @@ when config/seed/schedule/overrides match, failed runs kept and reported. The tr
 subprocess is replaced by a function that writes a run's files (the unit under test is the
 runner's bookkeeping; real training runs are covered by the config tests)."""
 import csv
-import importlib.util
 import json
 import math
 import os
+import sys
 
 import pytest
 
 from conftest import ROOT
 
-_spec = importlib.util.spec_from_file_location("compare_tool",
-                                               os.path.join(ROOT, "tools", "compare.py"))
-C = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(C)
+if ROOT not in sys.path:  # the tools package (``python -m pytest`` from the root has it)
+    sys.path.insert(0, ROOT)
+
+from tools import compare as C  # noqa: E402
 
 BASE = "configs/Synthetic/retinanet_effnet_lite0_FPN.py"
 GHM = "configs/Synthetic/ghm_retinanet_effnet_lite0_FPN.py"
@@ -50,6 +50,21 @@ def test_mean_std_and_family():
     assert C.family("ghm_retinanet") == "retinanet"
     assert C.family("dw_fcos_refine") == "fcos"
     assert C.family("sampling_free_mask_rcnn") == "mask_rcnn"
+
+
+def test_is_done_matches_a_whole_key_or_some_fields(tmp_path):
+    key = C.run_key(BASE, 1, 7, ["train.amp.enabled=True"])
+    assert not C.is_done(str(tmp_path), key)  # nothing recorded
+    with open(tmp_path / "compare_run.json", "w") as f:
+        json.dump(key, f)
+    assert not C.is_done(str(tmp_path), key)  # recorded, not evaluated (training or failed)
+    (tmp_path / "eval_results.json").write_text("{}")
+    assert C.is_done(str(tmp_path), key)
+    assert C.is_done(str(tmp_path), {"config": BASE, "seed": 1})  # any schedule
+    for other in (C.run_key(BASE, 1, 9, ["train.amp.enabled=True"]),
+                  C.run_key(BASE, 1, 7, []), {"config": GHM, "seed": 1},
+                  {"config": BASE, "seed": 0}):
+        assert not C.is_done(str(tmp_path), other), other
 
 
 def test_table_reuse_and_noise_reading(tmp_path, monkeypatch):

@@ -8,14 +8,14 @@ from balanced_det.data import SyntheticSpec, generate_synthetic
 from balanced_det.data.synthetic import SHAPES, shape_polygon
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-SPEC = SyntheticSpec(num_images=40, image_size=128, num_classes=6, max_objects=12, min_size=8,
+SYNTH = SyntheticSpec(num_images=40, image_size=128, num_classes=6, max_objects=12, min_size=8,
                      max_size=32, empty_fraction=0.15, seed=3)
 
 
 def test_deterministic_bytes(tmp_path, monkeypatch):
-    a = generate_synthetic(SPEC, "train")
+    a = generate_synthetic(SYNTH, "train")
     monkeypatch.setenv("BALANCED_DET_CACHE", str(tmp_path))
-    b = generate_synthetic(SPEC, "train")
+    b = generate_synthetic(SYNTH, "train")
     assert a != b
     assert (a / "annotations.json").read_bytes() == (b / "annotations.json").read_bytes()
     for name in ("train_00000.png", "train_00017.png"):
@@ -23,7 +23,7 @@ def test_deterministic_bytes(tmp_path, monkeypatch):
 
 
 def test_content_is_multiclass_long_tailed_with_empty_images():
-    ds = json.loads((generate_synthetic(SPEC, "train") / "annotations.json").read_text())
+    ds = json.loads((generate_synthetic(SYNTH, "train") / "annotations.json").read_text())
     assert [c["name"] for c in ds["categories"]] == list(SHAPES)
     per_image = np.bincount([a["image_id"] for a in ds["annotations"]], minlength=41)[1:]
     assert (per_image == 0).sum() >= 1, "some images have no objects"
@@ -37,11 +37,11 @@ def test_content_is_multiclass_long_tailed_with_empty_images():
 
 
 def test_train_and_val_differ_and_split_checked():
-    tr = json.loads((generate_synthetic(SPEC, "train") / "annotations.json").read_text())
-    va = json.loads((generate_synthetic(SPEC, "val") / "annotations.json").read_text())
+    tr = json.loads((generate_synthetic(SYNTH, "train") / "annotations.json").read_text())
+    va = json.loads((generate_synthetic(SYNTH, "val") / "annotations.json").read_text())
     assert tr["annotations"][0]["bbox"] != va["annotations"][0]["bbox"]
     with pytest.raises(ValueError, match="split"):
-        generate_synthetic(SPEC, "test")
+        generate_synthetic(SYNTH, "test")
 
 
 def test_bad_spec_values_are_named():

@@ -16,7 +16,7 @@ from helpers_dense import TWO_IMAGES, batch, instances, tiny_dw_fcos
 
 
 def per_gt_loop_dw_losses(scores, boxes, points, strides, gts, sigma=1.11):
-    """The DW loss (SPEC 4) written plainly: loops over images and GTs, every formula spelled
+    """The DW loss (docs/methods) written plainly: loops over images and GTs, every formula spelled
     out. A point in the bags of two same-class GTs takes the smaller negative weight."""
     eps = 1e-12
     pos_cls = pos_loc = neg = 0.0

@@ -10,11 +10,18 @@ from fvcore.nn import sigmoid_focal_loss
 from detectron2.layers import cat
 from detectron2.utils.events import EventStorage
 
-from balanced_det.ops import GHMC, GHMR, balanced_l1_loss, bce_sampling_free_loss, isr_p_weights
+from balanced_det.modeling import CARL, BalancedL1Loss, GHMCLoss, GuidedLoss, ISRPWeighting
+from balanced_det.ops import (
+    GHMC,
+    GHMR,
+    aligned_iou,
+    balanced_l1_loss,
+    encode_box_deltas,
+    isr_p_weights,
+)
 from balanced_det.ops.carl import carl_loss
-from balanced_det.stats import ForegroundStats
-from balanced_det.stats import DatasetStats
-from balanced_det.modeling.meta_arch.retinanet import aligned_iou, encode_box_deltas
+from fvcore.nn import smooth_l1_loss
+from balanced_det.stats import dataset_stats_parts
 
 from helpers_dense import TWO_IMAGES, batch, tiny_retinanet
 
@@ -99,7 +106,7 @@ def test_ghm_one_ema_update_per_iteration_over_all_levels():
     with EventStorage(0):
         out = _losses(model, d)
     # one update: every non-empty bin counted once
-    assert int(model.ghm_c.updates.max()) == 1 and int(model.ghm_r.updates.max()) == 1
+    assert int(model.cls_loss.updates.max()) == 1 and int(model.box_reg_loss.updates.max()) == 1
     # equal to one GHM-C / GHM-R call over all levels and images concatenated
     C = model.num_classes
     labels = torch.stack(d["gt_labels"])
@@ -118,18 +125,18 @@ def test_ghm_one_ema_update_per_iteration_over_all_levels():
     ref_box = ghmr(cat(d["pred_anchor_deltas"], 1).reshape(-1, 4), gt_deltas.reshape(-1, 4),
                    pos.reshape(-1))
     torch.testing.assert_close(out["loss_box_reg"], ref_box)
-    torch.testing.assert_close(model.ghm_c.acc_sum, ghmc.acc_sum)
+    torch.testing.assert_close(model.cls_loss.acc_sum, ghmc.acc_sum)
     # a second iteration: at most two updates per bin; the buffers are in the state dict
     with EventStorage(1):
         _losses(model, d)
-    assert int(model.ghm_c.updates.max()) == 2
+    assert int(model.cls_loss.updates.max()) == 2
     sd = model.state_dict()
-    for k in ("ghm_c.acc_sum", "ghm_c.updates", "ghm_r.acc_sum", "ghm_r.updates",
-              "loss_normalizer"):
+    for k in ("cls_loss.acc_sum", "cls_loss.updates", "box_reg_loss.acc_sum",
+              "box_reg_loss.updates", "loss_normalizer"):
         assert k in sd
     fresh = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm")
     fresh.load_state_dict(sd)
-    torch.testing.assert_close(fresh.ghm_c.acc_sum, model.ghm_c.acc_sum)
+    torch.testing.assert_close(fresh.cls_loss.acc_sum, model.cls_loss.acc_sum)
 
 
 # ----------------------------------------------------------------------------- PISA
@@ -188,8 +195,9 @@ def test_carl_term_reaches_the_classifier():
     deltas = cat(d["pred_anchor_deltas"], 1)
     anchors = cat([a.tensor for a in d["anchors"]])
     tgt = encode_box_deltas(anchors[anc], torch.stack(d["gt_boxes"])[img, anc], (1, 1, 1, 1))
-    ref = carl_loss(logits[img, anc, labels[img, anc]].sigmoid(), deltas[img, anc], tgt,
-                    k=1.0, bias=0.2, beta=0.1, avg_factor=model.loss_normalizer)
+    box = smooth_l1_loss(deltas[img, anc], tgt, beta=0.1, reduction="none").sum(1)
+    ref = carl_loss(logits[img, anc, labels[img, anc]].sigmoid(), box, k=1.0, bias=0.2,
+                    avg_factor=model.loss_normalizer)
     torch.testing.assert_close(out["loss_carl"], ref)
     out["loss_carl"].backward()
     g = model.head.cls_score.weight.grad
@@ -224,7 +232,8 @@ def test_sampling_free_bce_normalised_by_positive_count():
     valid = labels >= 0
     num_pos = (valid & (labels < C)).sum()
     targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
-    ref = bce_sampling_free_loss(cat(d["pred_logits"], 1), targets, num_pos, valid[..., None])
+    bce = F.binary_cross_entropy_with_logits(cat(d["pred_logits"], 1), targets, reduction="none")
+    ref = (bce * valid[..., None]).sum() / num_pos.clamp(min=1)
     torch.testing.assert_close(out["loss_cls"], ref)
     assert float(model.loss_normalizer) == float(num_pos)
     # default momentum: detectron2's EMA (initial 100)
@@ -250,65 +259,81 @@ def test_guided_loss_ratio():
     torch.testing.assert_close(b["loss_box_reg"], a["loss_box_reg"])
 
 
-def _fake_stats(name, fg, valid, class_counts):
-    return DatasetStats(counters={name: ForegroundStats(fg, valid)}, class_counts=class_counts,
-                        num_images=1, key={})
-
-
 def test_bias_init_and_class_thresholds_from_stats():
     model = tiny_retinanet(sampling_free_init=True, class_adaptive_thresholds=True)
-    assert set(model.dataset_stats_counters()) == {"retinanet_anchors"}
-    model.apply_dataset_stats(_fake_stats("retinanet_anchors", 30, 1000, [6, 3, 1]))
+    assert dataset_stats_parts(model) == {"retinanet_anchors": model}
+    model.apply_dataset_stats(30 / 1000, [6, 3, 1])
     prob = torch.sigmoid(model.head.cls_score.bias)
     torch.testing.assert_close(prob, torch.full_like(prob, 0.03 / 3))
-    torch.testing.assert_close(model.class_score_thresholds, torch.tensor([0.018, 0.009, 0.003]))
-    assert "class_score_thresholds" in model.state_dict()
+    torch.testing.assert_close(model.class_score_thresholds.values,
+                               torch.tensor([0.018, 0.009, 0.003]))
+    assert "class_score_thresholds.values" in model.state_dict()
     # not using the statistics: nothing is counted
-    assert tiny_retinanet().dataset_stats_counters() == {}
-    with pytest.raises(ValueError, match="class counts"):
-        model.apply_dataset_stats(_fake_stats("retinanet_anchors", 30, 1000, [1, 2]))
+    assert dataset_stats_parts(tiny_retinanet()) == {}
+    with pytest.raises(ValueError, match="class_counts has 2 entries; expected one per class"):
+        model.apply_dataset_stats(0.03, [1, 2])
+
+
+def test_checkpoints_with_the_former_buffer_names_load(tmp_path):
+    from balanced_det.engine import Checkpointer
+
+    model = tiny_retinanet(class_adaptive_thresholds=True, cls_loss_type="ghm")
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["class_score_thresholds"] = torch.tensor([0.1, 0.2, 0.3])
+    del sd["class_score_thresholds.values"]
+    for k in [k for k in sd if k.startswith("cls_loss.")]:
+        sd["ghm_c." + k[len("cls_loss."):]] = sd.pop(k) + 1
+    torch.save({"model": sd}, tmp_path / "old.pth")
+    fresh = tiny_retinanet(class_adaptive_thresholds=True, cls_loss_type="ghm")
+    Checkpointer(fresh).load(str(tmp_path / "old.pth"), strict=True)
+    torch.testing.assert_close(fresh.class_score_thresholds.values, torch.tensor([0.1, 0.2, 0.3]))
+    torch.testing.assert_close(fresh.cls_loss.acc_sum, model.cls_loss.acc_sum + 1)
 
 
 def test_class_adaptive_thresholds_applied_per_class():
     torch.manual_seed(0)
     model = tiny_retinanet(class_adaptive_thresholds=True).eval()
-    model.class_score_thresholds.copy_(torch.tensor([2.0, -1.0, 2.0]))  # only class 1 passes
+    model.class_score_thresholds.values.copy_(torch.tensor([2.0, -1.0, 2.0]))  # only class 1 passes
     with torch.no_grad():
         out = model(batch(TWO_IMAGES))
     for o in out:
         classes = o["instances"].pred_classes
         assert len(classes) > 0 and bool((classes == 1).all())
-    model.class_score_thresholds.copy_(torch.tensor([-1.0, 2.0, -1.0]))
+    model.class_score_thresholds.values.copy_(torch.tensor([-1.0, 2.0, -1.0]))
     with torch.no_grad():
         classes = model(batch(TWO_IMAGES))[0]["instances"].pred_classes
     assert len(classes) > 0 and not bool((classes == 1).any())
 
 
 # ----------------------------------------------------------------------------- bad settings
-def test_unknown_loss_names_are_listed():
-    with pytest.raises(ValueError, match=r"cls_loss_type='softmax'.*'focal', 'bce', 'ghm'"):
-        tiny_retinanet(cls_loss_type="softmax")
+def test_losses_must_be_plugin_objects():
+    with pytest.raises(ValueError, match=r"cls_loss='softmax' is not valid; expected a "
+                                         r"ClassificationLoss object"):
+        tiny_retinanet(cls_loss="softmax")
     with pytest.raises(ValueError,
-                       match=r"box_reg_loss_type='l2'.*'smooth_l1', 'giou', 'balanced_l1', 'ghm'"):
+                       match=r"box_reg_loss_type='l2' is not valid; expected one of 'smooth_l1', "
+                             r"'giou'"):
         tiny_retinanet(box_reg_loss_type="l2")
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(loss_normalizer_momentum=1.0), "loss_normalizer_momentum"),
-    (dict(isr_p=True, isr_p_beta=1.5), "isr_p_beta"),
-    (dict(carl=True, carl_bias=-0.1), "carl_bias"),
-    (dict(box_reg_loss_type="balanced_l1", balanced_l1_beta=0.0), "balanced_l1_beta"),
-    (dict(cls_loss_type="ghm", ghmc_momentum=1.0), "momentum"),
-    (dict(guided_loss=True, guided_loss_w_cls=0.0), "guided_loss_w_cls"),
+@pytest.mark.parametrize("make, name", [
+    (lambda: tiny_retinanet(loss_normalizer_momentum=1.0), "loss_normalizer_momentum=1.0"),
+    (lambda: ISRPWeighting(beta=1.5), "beta=1.5"),
+    (lambda: CARL(bias=-0.1), "bias=-0.1"),
+    (lambda: BalancedL1Loss(beta=0.0), "beta=0.0"),
+    (lambda: GHMCLoss(momentum=1.0), "momentum"),
+    (lambda: GuidedLoss(w_cls=0.0), "w_cls=0.0"),
 ])
-def test_out_of_range_hyperparameters_are_named(kw, name):
+def test_out_of_range_hyperparameters_are_named(make, name):
     with pytest.raises(ValueError, match=name):
-        tiny_retinanet(**kw)
+        make()
 
 
 def test_isr_p_with_ghm_is_refused():
-    with pytest.raises(ValueError, match="isr_p"):
+    with pytest.raises(ValueError, match="positive_weighting needs an element-wise"):
         tiny_retinanet(isr_p=True, cls_loss_type="ghm")
+    with pytest.raises(ValueError, match="carl needs an element-wise box loss"):
+        tiny_retinanet(carl=True, box_reg_loss_type="ghm")
 
 
 def test_huge_logits_stay_finite():
@@ -328,7 +353,7 @@ def test_config_overrides_are_checked_against_all_arguments():
 
     path = [p for p in all_config_files()
             if rel(p) == "COCO-Detection/pisa_retinanet_R_50_FPN_1x.py"][0]
-    cfg = load_config(path, ["model.carl_k=2.0", "model.smooth_l1_beta=0.11"])  # own, base
-    assert cfg.model.carl_k == 2.0 and cfg.model.smooth_l1_beta == 0.11
-    with pytest.raises(ConfigKeyError, match="did you mean carl_k"):
-        load_config(path, ["model.carl_kk=2.0"])
+    cfg = load_config(path, ["model.carl.k=2.0", "model.smooth_l1_beta=0.11"])  # own, base
+    assert cfg.model.carl.k == 2.0 and cfg.model.smooth_l1_beta == 0.11
+    with pytest.raises(ConfigKeyError, match="did you mean smooth_l1_beta"):
+        load_config(path, ["model.smooth_l1_bet=2.0"])

@@ -15,8 +15,7 @@ from detectron2.utils.events import EventStorage
 from balanced_det.data import get_detection_dataset_dicts
 from balanced_det.modeling.meta_arch.fcos import flatten_levels
 from balanced_det.stats import (
-    DatasetStats,
-    ForegroundStats,
+    dataset_stats_parts,
     _image_geometry,
     dummy_feature_maps,
     prepare_model_with_dataset_stats,
@@ -81,16 +80,15 @@ def test_fcos_guided_ratio_is_one_without_foreground():
 
 def test_fcos_bias_init_and_thresholds():
     model = tiny_fcos(sampling_free_init=True, class_adaptive_thresholds=True)
-    assert set(model.dataset_stats_counters()) == {"fcos_points"}
-    stats = DatasetStats(counters={"fcos_points": ForegroundStats(12, 1000)},
-                         class_counts=[1, 1, 2], num_images=1, key={})
-    model.apply_dataset_stats(stats)
+    assert set(dataset_stats_parts(model)) == {"fcos_points"}
+    model.apply_dataset_stats(12 / 1000, [1, 1, 2])
     torch.testing.assert_close(model.head.cls_score.bias.sigmoid(), torch.full((3,), 0.004))
-    torch.testing.assert_close(model.class_score_thresholds, torch.tensor([0.003, 0.003, 0.006]))
-    assert tiny_fcos().dataset_stats_counters() == {}
+    torch.testing.assert_close(model.class_score_thresholds.values,
+                               torch.tensor([0.003, 0.003, 0.006]))
+    assert dataset_stats_parts(tiny_fcos()) == {}
     # per class at inference
     model.eval()
-    model.class_score_thresholds.copy_(torch.tensor([2.0, 2.0, -1.0]))
+    model.class_score_thresholds.values.copy_(torch.tensor([2.0, 2.0, -1.0]))
     with torch.no_grad():
         out = model(batch(TWO_IMAGES))
     classes = out[0]["instances"].pred_classes
@@ -98,8 +96,11 @@ def test_fcos_bias_init_and_thresholds():
 
 
 def test_fcos_unknown_loss_and_bad_values():
-    with pytest.raises(ValueError, match=r"cls_loss_type='ghm'.*'focal', 'bce'"):
-        tiny_fcos(cls_loss_type="ghm")
+    with pytest.raises(ValueError, match=r"cls_loss='bce' is not valid; expected a "
+                                         r"ClassificationLoss object"):
+        tiny_fcos(cls_loss="bce")
+    with pytest.raises(ValueError, match=r"box_reg_loss=.*FCOS regresses boxes"):
+        tiny_fcos(box_reg_loss_type="balanced_l1")
     with pytest.raises(ValueError, match="center_sampling_radius"):
         tiny_fcos(center_sampling_radius=0.0)
     with pytest.raises(ValueError, match="loss_normalizer_momentum"):
@@ -145,7 +146,7 @@ def test_retinanet_stats_counted_with_its_own_matcher(tmp_path, monkeypatch):
     bias = model.head.cls_score.bias
     torch.testing.assert_close(bias.sigmoid(), torch.full_like(bias, pi))
     total = sum(stats.class_counts)
-    torch.testing.assert_close(model.class_score_thresholds,
+    torch.testing.assert_close(model.class_score_thresholds.values,
                                torch.tensor([fg / valid * n / total for n in stats.class_counts]))
 
 

@@ -18,7 +18,7 @@ def test_eval_only_uses_checkpoint_thresholds(tmp_path, monkeypatch):
     cfg = tiny_cfg(CFG, tmp_path)
     do_train(cfg)
     trained = torch.load(tmp_path / "model_final.pth", weights_only=True)["model"]
-    theta = trained["class_score_thresholds"]
+    theta = trained["class_score_thresholds.values"]
     assert theta.shape == (3,) and (theta > 0).all() and (theta < 0.05).all()
 
     import balanced_det.stats as stats
@@ -29,5 +29,5 @@ def test_eval_only_uses_checkpoint_thresholds(tmp_path, monkeypatch):
     monkeypatch.setattr(stats, "compute_dataset_stats", no_recount)
     model = build_model(cfg, with_dataset_stats=False)
     Checkpointer(model).load(str(tmp_path / "model_final.pth"), strict=True)
-    assert torch.equal(model.class_score_thresholds, theta)
+    assert torch.equal(model.class_score_thresholds.values, theta)
     assert "bbox" in do_test(cfg, model)

@@ -1,4 +1,4 @@
-"""balanced_det.ops.balanced_l1: Balanced L1 loss (SPEC 3.1)."""
+"""balanced_det.ops.balanced_l1: Balanced L1 loss (docs/methods/libra.md)."""
 import math
 
 import pytest
@@ -8,7 +8,7 @@ from balanced_det.ops.balanced_l1 import balanced_l1_loss
 
 
 def ref(x, alpha=0.5, gamma=1.5, beta=1.0):
-    """Scalar closed form, straight from SPEC 3.1."""
+    """Scalar closed form, straight from the formula of docs/methods/libra.md."""
     b = math.exp(gamma / alpha) - 1
     x = abs(x)
     if x < beta:

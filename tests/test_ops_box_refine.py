@@ -1,14 +1,37 @@
-"""balanced_det.ops.box_refine: DW box refinement by deformable 1x1 sampling (SPEC 4)."""
+"""balanced_det.ops.box_refine: DW box refinement by deformable 1x1 sampling, against a
+per-side ``grid_sample`` reference (docs/methods/dw.md)."""
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from balanced_det.ops.box_refine import (
-    ltrb_box_maps,
-    refine_ltrb,
-    refine_ltrb_reference,
-    refine_sampling_offsets,
-)
+from balanced_det.ops.box_refine import ltrb_box_maps, refine_ltrb, refine_sampling_offsets
+
+
+def refine_ltrb_reference(ltrb, offsets, stride, offset=0.5):
+    """:func:`refine_ltrb` computed side by side with ``F.grid_sample`` (bilinear, zero padding,
+    ``align_corners=True``: pixel k of the map sits at normalised ``2k / (W - 1) - 1``, as
+    deform_conv2d samples at integer cell indices plus the offset). Needs H, W >= 2."""
+    dt = torch.float64 if ltrb.dtype == torch.float64 else torch.float32
+    ltrb, offsets = ltrb.to(dt), offsets.to(dt)
+    n, _, h, w = ltrb.shape
+    if h < 2 or w < 2:
+        raise ValueError(f"refine_ltrb_reference needs H, W >= 2, got {(h, w)}")
+    boxes = ltrb_box_maps(ltrb, stride, offset)
+    samp = refine_sampling_offsets(ltrb, offsets, stride)
+    rows = torch.arange(h, dtype=dt, device=ltrb.device)[None, :, None]
+    cols = torch.arange(w, dtype=dt, device=ltrb.device)[None, None, :]
+    sides = []
+    for k in range(4):  # x1, y1, x2, y2
+        py = rows + samp[:, 2 * k]
+        px = cols + samp[:, 2 * k + 1]
+        grid = torch.stack([2 * px / (w - 1) - 1, 2 * py / (h - 1) - 1], dim=-1)  # (x, y)
+        sides.append(F.grid_sample(boxes[:, k:k + 1], grid, mode="bilinear",
+                                   padding_mode="zeros", align_corners=True)[:, 0])
+    x1, y1, x2, y2 = sides
+    x = ((torch.arange(w, dtype=dt, device=ltrb.device) + offset) * stride)[None, None, :]
+    y = ((torch.arange(h, dtype=dt, device=ltrb.device) + offset) * stride)[None, :, None]
+    return F.relu(torch.stack([x - x1, y - y1, x2 - x, y2 - y], dim=1))
 
 
 def random_inputs(n=2, h=5, w=6, stride=8.0, dtype=torch.float64, seed=0):

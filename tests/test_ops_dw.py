@@ -1,4 +1,5 @@
-"""balanced_det.ops.dw: candidate bags, centre prior, dual weights and DW losses (SPEC 4)."""
+"""DW weights and losses (docs/methods/dw.md): the dense reference forms by hand, and
+balanced_det.ops.dw's losses against a per-GT loop."""
 
 import math
 
@@ -7,16 +8,16 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_iou, generalized_box_iou_loss
 
-from balanced_det.ops.dw import (
+from balanced_det.ops.dw import dw_image_terms, dw_losses
+from balanced_det.ops.points import grid_points
+
+from dw_dense_reference import (
     dw_candidate_bag,
     dw_center_prior,
-    dw_image_terms,
-    dw_losses,
     dw_negative_weights,
     dw_pairwise_iou_giou,
     dw_positive_weights,
 )
-from balanced_det.ops.points import grid_points
 
 
 # ----------------------------------------------------------------------------- bags, prior

@@ -1,25 +1,24 @@
-"""balanced_det.ops.dw: the sparse bag-pair computation of ``dw_image_terms`` /
-``dw_image_weights`` equals the dense (P, G) formulation built from the module's dense functions
-(values and gradients), for every GT chunking, zero GTs, empty bags and crowded images."""
+"""balanced_det.ops.dw: the bag-pair computation of ``dw_image_terms`` / ``dw_image_weights``
+equals the dense (P, G) form of tests/dw_dense_reference.py (values and gradients), for every
+GT chunking, zero GTs, empty bags and crowded images."""
 
 import pytest
 import torch
 
-from balanced_det.ops.dw import (
-    EPS,
+from balanced_det.ops.dw import EPS, dw_image_terms, dw_image_weights
+from balanced_det.ops.points import grid_points
+
+from dw_dense_reference import (
     dw_candidate_bag,
     dw_center_prior,
-    dw_image_terms,
-    dw_image_weights,
     dw_negative_weights,
     dw_pairwise_iou_giou,
     dw_positive_weights,
 )
-from balanced_det.ops.points import grid_points
 
 
 def dense_terms(s, boxes, points, strides, gt, labels, sigma=1.11):
-    """The dense (P, G) form (the library's previous ``dw_image_terms``, one chunk)."""
+    """The loss terms in dense (P, G) form, one chunk."""
     s = s.float()
     P, C = s.shape
     bag = dw_candidate_bag(points, gt)

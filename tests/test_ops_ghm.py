@@ -1,4 +1,5 @@
-"""balanced_det.ops.ghm: GHM-C / GHM-R with bias-corrected, distributed EMA (SPEC 1.9)."""
+"""balanced_det.ops.ghm: GHM-C / GHM-R with bias-corrected, distributed EMA
+(docs/methods/ghm.md)."""
 
 import math
 
@@ -190,7 +191,7 @@ def test_ghm_distributed_reduces_counts(monkeypatch):
         calls.append(t.clone())
         t.mul_(2)
 
-    monkeypatch.setattr(ghm_mod, "_world_size", lambda: 2)
+    monkeypatch.setattr(ghm_mod, "world_size", lambda: 2)
     monkeypatch.setattr(ghm_mod.dist, "all_reduce", fake_all_reduce)
     dist_m = GHMC()
     out = dist_m(x, y)

@@ -1,9 +1,9 @@
-"""balanced_det.ops.hlr / ops.isr: hierarchical local ranks, ISR-P and ISR-N (SPEC 1.5, 1.6)."""
+"""balanced_det.ops.hlr / ops.isr: hierarchical local ranks, ISR-P and ISR-N
+(docs/methods/pisa.md)."""
 import torch
 
 from balanced_det.ops.hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
 from balanced_det.ops.isr import (
-    batch_unique_gt_ids,
     isr_n_select,
     isr_p_weights,
     isr_weights,
@@ -106,14 +106,8 @@ def test_isr_p_bfloat16():
     assert w.dtype == torch.float32 and torch.isfinite(w).all()
 
 
-def test_batch_unique_gt_ids_cumulative():
-    per_image = [torch.tensor([0, 1, 1]), torch.tensor([0, 0]), torch.tensor([1, 0]),
-                 torch.tensor([], dtype=torch.long)]
-    # with GT counts 2, 1, 2, 0: offsets 0, 2, 3, 5
-    assert batch_unique_gt_ids(per_image, [2, 1, 2, 0]).tolist() == [0, 1, 1, 2, 2, 4, 3]
-    # without counts: max+1 per image accumulated: offsets 0, 2, 3
-    assert batch_unique_gt_ids(per_image).tolist() == [0, 1, 1, 2, 2, 4, 3]
-    # mmdet's non-cumulative offset would give image 2 offset 1 -> ids 2, 1 colliding with image 0
+def test_unique_gt_ids_are_cumulative_over_images():
+    # GT counts 2, 1, 2: offsets 0, 2, 3; mmdet's non-cumulative offset would give image 2 offset 1 -> ids 2, 1 colliding with image 0
     assert unique_gt_ids_from_pairs(torch.tensor([0, 0, 1, 2, 2]), torch.tensor([0, 1, 0, 1, 0]),
                                     [2, 1, 2]).tolist() == [0, 1, 2, 4, 3]
 

@@ -1,4 +1,5 @@
-"""balanced_det.ops.samplers: random, instance-balanced, IoU-balanced, OHEM (SPEC 1.2-1.4)."""
+"""balanced_det.ops.samplers: random, instance-balanced, IoU-balanced, OHEM
+(docs/methods/libra.md, docs/methods/ohem.md)."""
 import torch
 
 from balanced_det.ops.samplers import (

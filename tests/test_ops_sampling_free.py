@@ -1,14 +1,14 @@
-"""balanced_det.ops.sampling_free: prior biases, thresholds, guided loss, BCE (SPEC 1.8)."""
+"""balanced_det.ops.sampling_free: prior biases, thresholds, guided loss, BCE
+(docs/methods/sampling_free.md)."""
 
 import math
 
 import pytest
 import torch
 
+from balanced_det.modeling.losses import GuidedLoss, SigmoidBCELoss
 from balanced_det.ops.sampling_free import (
-    bce_sampling_free_loss,
     class_adaptive_thresholds,
-    guided_classification_loss,
     guided_loss_ratio,
     sigmoid_prior_bias,
     softmax_prior_bias,
@@ -87,7 +87,7 @@ def test_guided_ratio_value_and_detached():
     assert r.item() == pytest.approx(0.5) and not r.requires_grad
     assert guided_loss_ratio(reg, cls, w_reg=3.0).item() == pytest.approx(1.5)
     # L = w_cls * r * L_cls; dL/dL_cls = w_cls * r, nothing flows to L_reg through r
-    out = guided_classification_loss(cls, reg, w_reg=1.0, w_cls=2.0)
+    out, _ = GuidedLoss(w_cls=2.0).classification(cls, reg, True)
     assert out.item() == pytest.approx(2.0 * 0.5 * 4.0)  # = w_reg * L_reg * w_cls = 4
     out.backward()
     assert cls.grad.item() == pytest.approx(2.0 * 0.5)
@@ -104,7 +104,7 @@ def test_guided_ratio_is_one_without_foreground_or_cls_loss():
     )
     assert guided_loss_ratio(reg, torch.tensor(0.0)).item() == 1.0
     cls_g = torch.tensor(4.0, requires_grad=True)
-    out = guided_classification_loss(cls_g, reg, has_foreground=torch.tensor(False))
+    out, _ = GuidedLoss().classification(cls_g, reg, torch.tensor(False))
     assert out.item() == pytest.approx(4.0)
     out.backward()
     assert cls_g.grad.item() == pytest.approx(1.0)
@@ -117,6 +117,14 @@ def test_guided_ratio_half_precision_inputs():
     assert r.dtype == torch.float32 and r.item() == pytest.approx(0.5)
 
 
+def _sampling_free_bce(logits, targets, num_pos, valid=None):
+    """RetinaNet-None's loss as the RPN / RetinaNet call it: BCE summed over the valid
+    elements, divided by max(num_pos, 1)."""
+    weights = None if valid is None else valid.float()
+    return SigmoidBCELoss()(logits, targets, weights,
+                            torch.as_tensor(num_pos, dtype=torch.float32).clamp(min=1))
+
+
 def test_bce_sampling_free_normalisation_hand_example():
     # 2 anchors x 2 classes, logits [[ln 3, 0], [0, -ln 3]], targets [[1, 0], [0, 0]]
     # sigmoid(ln 3) = 0.75: BCE = -ln 0.75; sigmoid(0) = 0.5: BCE = ln 2 (both targets);
@@ -125,30 +133,27 @@ def test_bce_sampling_free_normalisation_hand_example():
     logits = torch.tensor([[math.log(3), 0.0], [0.0, -math.log(3)]], requires_grad=True)
     targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
     total = -2 * math.log(0.75) + 2 * math.log(2)
-    assert bce_sampling_free_loss(logits, targets, torch.tensor(1)).item() == pytest.approx(
-        total, rel=1e-6
-    )
-    assert bce_sampling_free_loss(logits, targets, 2).item() == pytest.approx(total / 2, rel=1e-6)
-    assert bce_sampling_free_loss(logits, targets, torch.tensor(0.0)).item() == pytest.approx(
-        total, rel=1e-6
-    )
+    assert _sampling_free_bce(logits, targets, 1).item() == pytest.approx(total, rel=1e-6)
+    assert _sampling_free_bce(logits, targets, 2).item() == pytest.approx(total / 2, rel=1e-6)
+    assert _sampling_free_bce(logits, targets, 0.0).item() == pytest.approx(total, rel=1e-6)
     # second anchor ignored (label < 0): only row 0 counts: -ln 0.75 + ln 2
     valid = torch.tensor([[True], [False]])
-    assert bce_sampling_free_loss(logits, targets, 1, valid).item() == pytest.approx(
+    assert _sampling_free_bce(logits, targets, 1, valid).item() == pytest.approx(
         -math.log(0.75) + math.log(2), rel=1e-6
     )
 
 
 def test_bce_sampling_free_empty_and_bf16():
     logits = torch.randn(0, 4, requires_grad=True)
-    loss = bce_sampling_free_loss(logits, torch.zeros(0, 4), torch.tensor(0))
+    loss = _sampling_free_bce(logits, torch.zeros(0, 4), 0)
     assert loss.item() == 0.0
     loss.backward()
     x = torch.randn(5, 3, requires_grad=True)
-    loss = bce_sampling_free_loss(x, torch.zeros(5, 3), 0, torch.zeros(5, 1, dtype=torch.bool))
+    loss = _sampling_free_bce(x, torch.zeros(5, 3), 0, torch.zeros(5, 1, dtype=torch.bool))
     assert loss.item() == 0.0
     loss.backward()
     assert torch.equal(x.grad, torch.zeros(5, 3))
     xb = torch.randn(5, 3).to(torch.bfloat16)
-    out = bce_sampling_free_loss(xb, torch.zeros(5, 3, dtype=torch.bfloat16), 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _sampling_free_bce(xb.float(), torch.zeros(5, 3), 2)
     assert out.dtype == torch.float32 and torch.isfinite(out)

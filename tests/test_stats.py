@@ -15,10 +15,12 @@ from balanced_det.data import cache_dir
 from balanced_det.stats import (
     DatasetStatsMismatchError,
     DatasetStatsSpec,
+    AnchorCache,
+    DatasetStats,
+    anchor_stats_counter,
     compute_dataset_stats,
-    count_anchor_foreground,
+    count_matched_anchors,
     dummy_feature_maps,
-    load_stats_file,
 )
 
 STRIDES = [8, 16, 32]
@@ -31,17 +33,22 @@ def _anchor_parts(thresholds=(0.4, 0.5)):
     return gen, matcher
 
 
-def test_count_anchor_foreground_by_hand():
+def test_count_matched_anchors_by_hand():
     gen, matcher = _anchor_parts()
     # 64x64 image: 8x8 + 4x4 + 2x2 = 84 anchors. One GT equal to an anchor of level 1.
     anchors = Boxes.cat(gen(dummy_feature_maps((64, 64), STRIDES)))
     assert len(anchors) == 84
+    assert torch.equal(AnchorCache(gen)((64, 64)).tensor, anchors.tensor)
     gt = anchors.tensor[64 + 5: 64 + 6].clone()
-    fg, valid = count_anchor_foreground(gen, matcher, STRIDES, (64, 64), gt)
+    fg, valid = count_matched_anchors(anchors, matcher, gt)
     iou = pairwise_iou(Boxes(gt), anchors)[0]
     assert fg == int((iou >= 0.5).sum()) and fg >= 1
     assert valid == 84 - int(((iou >= 0.4) & (iou < 0.5)).sum())
-    assert count_anchor_foreground(gen, matcher, STRIDES, (64, 64), torch.zeros(0, 4)) == (0, 84)
+    assert count_matched_anchors(anchors, matcher, torch.zeros(0, 4)) == (0, 84)
+    assert anchor_stats_counter(gen, matcher)((64, 64), gt, torch.zeros(1)) == (fg, valid)
+    # a matcher whose lowest band is "ignore": no valid anchor on an image without GTs
+    ignore_low = Matcher([0.5], [-1, 1], allow_low_quality_matches=False)
+    assert count_matched_anchors(anchors, ignore_low, torch.zeros(0, 4)) == (0, 0)
 
 
 def _spec(**kw):
@@ -53,10 +60,7 @@ def _spec(**kw):
 def _counters(thresholds=(0.4, 0.5)):
     gen, matcher = _anchor_parts(thresholds)
 
-    def counter(size, boxes, classes):
-        return count_anchor_foreground(gen, matcher, STRIDES, size, boxes)
-
-    return {"anchors": counter}, {"thresholds": list(thresholds), "strides": STRIDES}
+    return {"anchors": anchor_stats_counter(gen, matcher)}, {"thresholds": list(thresholds), "strides": STRIDES}
 
 
 def test_compute_cache_and_reuse(tmp_path, monkeypatch):
@@ -97,7 +101,7 @@ def test_explicit_file_for_other_settings_is_refused(tmp_path, monkeypatch):
     stats = compute_dataset_stats(_spec(), counters, key, num_classes=3)
     path = tmp_path / "mine.json"
     path.write_text(json.dumps(stats.to_json()))
-    assert load_stats_file(path).counters == stats.counters
+    assert DatasetStats.from_json(json.loads(path.read_text())).counters == stats.counters
     assert compute_dataset_stats(_spec(stats_file=str(path)), counters, key, 3).counters == stats.counters
     _, key_other = _counters((0.3, 0.7))
     with pytest.raises(DatasetStatsMismatchError, match="differs in: counters"):

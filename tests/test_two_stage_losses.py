@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from balanced_det.modeling.roi_heads import ROI_SAMPLERS, BalancedFastRCNNOutputLayers
+from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers
+from helpers_two_stage import ROI_SAMPLERS
 from balanced_det.ops import balanced_l1_loss, carl_weights, sigmoid_prior_bias
 
 import helpers_two_stage as H
@@ -117,7 +118,7 @@ def test_guided_loss_ratio_is_detached_and_one_without_foreground():
 def test_softmax_prior_gives_the_intended_initial_probability():
     f = 0.03
     pred = _predictor(prior_init=True)
-    pred.apply_softmax_prior(f)
+    pred.apply_dataset_stats(f, [1] * C)
     with torch.no_grad():
         pred.cls_score.weight.zero_()
         probs = F.softmax(pred(torch.randn(5, 32))[0], dim=1)
@@ -125,7 +126,7 @@ def test_softmax_prior_gives_the_intended_initial_probability():
     assert torch.allclose(probs[:, C], torch.full((5,), 1 - f), rtol=1e-5)
     # with the default N(0, 0.01) weights, the mean initial foreground probability is f / C
     pred = _predictor(prior_init=True)
-    pred.apply_softmax_prior(f)
+    pred.apply_dataset_stats(f, [1] * C)
     with torch.no_grad():
         probs = F.softmax(pred(torch.rand(200, 32))[0], dim=1)
     assert probs[:, :C].mean().item() == pytest.approx(f / C, rel=0.05)
@@ -133,15 +134,17 @@ def test_softmax_prior_gives_the_intended_initial_probability():
 
 def test_rpn_sigmoid_prior_gives_the_intended_initial_probability():
     rpn = H.balanced_rpn(sampler="none", prior_init=True)
-    bias = rpn.apply_dataset_stats(2e-4)
-    assert bias == pytest.approx(sigmoid_prior_bias(2e-4, 1))
+    rpn.apply_dataset_stats(2e-4, [1])
+    bias = rpn.rpn_head.objectness_logits.bias
+    assert torch.allclose(bias, torch.full((3,), sigmoid_prior_bias(2e-4, 1)))
     assert torch.allclose(torch.sigmoid(rpn.rpn_head.objectness_logits.bias),
                           torch.full((3,), 2e-4), rtol=1e-4)
 
 
 def test_class_adaptive_thresholds_are_applied_per_class():
     pred = _predictor(class_adaptive_thresholds=True)
-    theta = pred.set_class_thresholds(0.3, [10, 20, 0])  # class 2 unseen: smallest theta
+    pred.apply_dataset_stats(0.3, [10, 20, 0])  # class 2 unseen: smallest theta
+    theta = pred.class_score_thresholds.values
     assert torch.allclose(theta, torch.tensor([0.1, 0.2, 0.1]))
     # 4 ROIs far apart (no NMS interaction); probabilities chosen around the thresholds
     probs = torch.tensor([[0.15, 0.05, 0.05, 0.75],   # class 0 > 0.1 kept

@@ -8,11 +8,20 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
-from balanced_det.modeling.roi_heads import ROI_SAMPLERS, BalancedFastRCNNOutputLayers
+from balanced_det.modeling.losses import CARL, BalancedL1Loss, GIoULoss, GuidedLoss
+from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
 from balanced_det.modeling.rpn import BalancedRPN
+from balanced_det.modeling.samplers import (
+    CombinedSampler,
+    IoUBalancedNegSampler,
+    ISRPWeighting,
+    OHEMSampler,
+    ScoreHLRSampler,
+)
 from balanced_det.ops import isr_p_weights
 
 import helpers_two_stage as H
+from helpers_two_stage import ROI_SAMPLERS
 
 
 def _train_forward(heads, seed=5, proposals=None, targets=None, feats=None):
@@ -310,46 +319,59 @@ def test_isr_n_without_valid_negatives_is_random_with_weight_one(monkeypatch):
 
 
 # ---- errors -------------------------------------------------------------------------------------
-def test_unknown_sampler_lists_valid_names():
-    with pytest.raises(ValueError, match="sampler='hard'.*random, ohem, libra, pisa, none"):
-        H.balanced_roi_heads("hard")
-    with pytest.raises(ValueError, match="sampler='ohem'.*random, none"):
-        H.balanced_rpn(sampler="ohem")
+def test_a_sampler_must_be_a_sampler_object():
+    with pytest.raises(ValueError, match="sampler='hard' is not valid; expected a Sampler"):
+        BalancedROIHeads(sampler="hard", **H.roi_parts())
+    with pytest.raises(ValueError, match="OHEMSampler.*not valid for the RPN"):
+        BalancedRPN(**H.rpn_parts(), sampler=OHEMSampler())
 
 
-@pytest.mark.parametrize("kw, match", [
-    (dict(isr_p_gamma=-1.0), "isr_p_gamma=-1.0"),
-    (dict(isr_n_beta=1.5), r"isr_n_beta=1.5 must be in \[0, 1\]"),
-    (dict(isr_n_score_thresh=-0.1), "isr_n_score_thresh=-0.1"),
-    (dict(isr_n_iou_thresh=0.0), "isr_n_iou_thresh=0.0"),
-    (dict(libra_num_bins=0), "libra_num_bins=0"),
-    (dict(libra_floor_fraction=2), "libra_floor_fraction=2"),
-    (dict(ohem_nms_thresh=1.5), "ohem_nms_thresh=1.5"),
+@pytest.mark.parametrize("make, match", [
+    (lambda: ISRPWeighting(gamma=-1.0), r"gamma=-1.0 is not valid; expected a number in \[0"),
+    (lambda: ScoreHLRSampler(beta=1.5), r"beta=1.5 is not valid; expected a number in \[0.0, 1.0\]"),
+    (lambda: ScoreHLRSampler(score_thresh=-0.1), "score_thresh=-0.1"),
+    (lambda: ScoreHLRSampler(iou_thresh=0.0), r"iou_thresh=0.0 .*\(0.0, 1.0\]"),
+    (lambda: IoUBalancedNegSampler(num_bins=0), "num_bins=0 is not valid; expected an integer >= 1"),
+    (lambda: IoUBalancedNegSampler(floor_fraction=2), "floor_fraction=2"),
+    (lambda: IoUBalancedNegSampler(floor_thr=1.0), "floor_thr=1.0"),
+    (lambda: OHEMSampler(nms_thresh=1.5), "nms_thresh=1.5"),
+    (lambda: CombinedSampler(pos_sampler=IoUBalancedNegSampler()), "pos_sampler=.*PositiveSampler"),
+    (lambda: CARL(bias=1.2), "bias=1.2"),
+    (lambda: CARL(k=-2.0), "k=-2.0"),
+    (lambda: GuidedLoss(w_cls=0.0), "w_cls=0.0"),
+    (lambda: BalancedL1Loss(alpha=0), "alpha=0"),
 ])
-def test_out_of_range_hyperparameters_are_refused(kw, match):
+def test_out_of_range_hyperparameters_are_refused(make, match):
     with pytest.raises(ValueError, match=match):
-        H.balanced_roi_heads("pisa", **kw)
+        make()
 
 
 @pytest.mark.parametrize("kw, match", [
-    (dict(carl_bias=1.2), "carl_bias=1.2"),
-    (dict(carl_k=-2.0), "carl_k=-2.0"),
-    (dict(box_reg_loss_type="l2"), "box_reg_loss_type='l2'.*balanced_l1"),
+    (dict(box_reg_loss_type="l2"), "box_reg_loss_type='l2' is not valid; expected one of 'smooth_l1'"),
+    (dict(box_reg_loss_type="balanced_l1"), "box_reg_loss_type='balanced_l1' is not valid"),
     (dict(box_reg_normalizer="anchors"), "box_reg_normalizer='anchors'"),
-    (dict(carl=True, box_reg_loss_type="giou"), "carl=True needs"),
+    (dict(carl=True, box_reg_loss_type="giou"), "carl / box_reg_normalizer='positives' need"),
+    (dict(box_reg_loss=GIoULoss()), "expected an element-wise loss on deltas"),
+    (dict(carl="yes"), "carl='yes' is not valid; expected a CARL object"),
 ])
 def test_bad_predictor_options_are_refused(kw, match):
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.box_regression import Box2BoxTransform
+
+    if kw.get("carl") is True:
+        kw["carl"] = CARL()
     with pytest.raises(ValueError, match=match):
-        H.balanced_roi_heads("random", predictor_kw=kw)
+        BalancedFastRCNNOutputLayers(ShapeSpec(channels=32), num_classes=3,
+                                     box2box_transform=Box2BoxTransform((10, 10, 5, 5)), **kw)
 
 
 def test_isr_needs_a_weighting_predictor():
     from detectron2.modeling.roi_heads import FastRCNNOutputLayers
 
     parts = H.roi_parts(predictor_cls=FastRCNNOutputLayers)
-    from balanced_det.modeling.roi_heads import BalancedROIHeads
-
     with pytest.raises(ValueError, match="per-sample weights"):
-        BalancedROIHeads(sampler="pisa", **parts)
+        BalancedROIHeads(sampler=ScoreHLRSampler(), **parts)
+    with pytest.raises(ValueError, match="per-sample weights"):
+        BalancedROIHeads(positive_weighting=ISRPWeighting(), **parts)
     assert isinstance(H.balanced_roi_heads("pisa").box_predictor, BalancedFastRCNNOutputLayers)
     assert isinstance(H.balanced_rpn(), BalancedRPN)

@@ -10,12 +10,13 @@ import torch
 from detectron2.config import instantiate
 from detectron2.structures import Boxes, pairwise_iou
 
-from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
+from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN, InitialProposalStats
+from balanced_det.modeling.rpn import BalancedRPN
 from balanced_det.ops import class_adaptive_thresholds, sigmoid_prior_bias
 from balanced_det.stats import (
     DatasetStatsMismatchError,
     compute_dataset_stats,
-    count_anchor_foreground,
+    dataset_stats_parts,
     dummy_feature_maps,
     prepare_model_with_dataset_stats,
     stats_spec_from_config,
@@ -49,8 +50,11 @@ def test_statistics_with_own_matchers_applied_and_cached(tmp_path, monkeypatch):
     k_train = rpn.post_nms_topk[True]
 
     def rpn_counter(size, boxes, classes):
-        return count_anchor_foreground(rpn.anchor_generator, rpn.anchor_matcher, strides,
-                                       size, boxes)
+        anchors = Boxes.cat(rpn.anchor_generator(dummy_feature_maps(size, strides)))
+        if len(boxes) == 0:
+            return 0, len(anchors)
+        lab = rpn.anchor_matcher(pairwise_iou(Boxes(boxes), anchors))[1]
+        return int((lab == 1).sum()), int((lab >= 0).sum())
 
     def roi_counter(size, boxes, classes):
         anchors = Boxes.cat(rpn.anchor_generator(dummy_feature_maps(size, strides)))
@@ -78,15 +82,17 @@ def test_statistics_with_own_matchers_applied_and_cached(tmp_path, monkeypatch):
     assert torch.allclose(bias[:TINY_CLASSES], torch.zeros(TINY_CLASSES))
     assert bias[TINY_CLASSES].item() == pytest.approx(
         math.log(TINY_CLASSES * (1 - f_roi) / f_roi), rel=1e-5)
-    assert torch.allclose(roi.box_predictor.class_score_thresh,
+    assert torch.allclose(roi.box_predictor.class_score_thresholds.values,
                           class_adaptive_thresholds(f_roi, stats.class_counts))
 
     # cached: a second model reads the file (a counter that would fail proves no recount)
     monkeypatch.setenv("BALANCED_DET_CACHE", str(tmp_path / "cache_a"))
     model2 = _model(cfg)
-    boom = {k: (lambda *a: (_ for _ in ()).throw(AssertionError("recounted")))
-            for k in ("rpn", "roi_heads")}
-    monkeypatch.setattr(model2, "dataset_stats_counters", lambda: boom)
+    def boom(self):
+        return lambda *a: (_ for _ in ()).throw(AssertionError("recounted"))
+
+    monkeypatch.setattr(BalancedRPN, "dataset_stats_counter", boom)
+    monkeypatch.setattr(InitialProposalStats, "dataset_stats_counter", boom)
     again = prepare_model_with_dataset_stats(model2, cfg)
     assert again.counters == stats.counters
 
@@ -107,6 +113,6 @@ def test_sampling_model_needs_no_statistics(tmp_path, monkeypatch):
     cfg = tiny_cfg(BASE, tmp_path / "out")
     cfg.model._target_ = BalancedRCNN
     model = _model(cfg)
-    assert model.dataset_stats_counters() == {} and model.dataset_stats_key() == {}
+    assert dataset_stats_parts(model) == {}
     assert prepare_model_with_dataset_stats(model, cfg) is None
     assert not list(tmp_path.glob("stats/*.json"))

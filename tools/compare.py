@@ -9,8 +9,9 @@ mean ± std over seeds, training time per iteration and peak memory.
 
 Each run is ``train_net.py --config-file <cfg> train.seed=<seed> train.output_dir=<out>/<name>/seed<seed>``
 (+ ``--max-iter``), so every run's checkpoint, metrics.json and log stay on disk. A finished
-run (its ``eval_results.json`` exists) is not trained again: an interrupted comparison resumes
-where it stopped. Outputs: ``<out>/results.md``, ``<out>/results.csv``, ``<out>/runs.json``.
+run of the same config, seed, schedule and overrides (:func:`is_done`) is not trained again:
+an interrupted comparison resumes where it stopped. Outputs: ``<out>/results.md``,
+``<out>/results.csv``, ``<out>/runs.json``.
 """
 from __future__ import annotations
 
@@ -91,14 +92,17 @@ def run_key(config: str, seed: int, max_iter: Optional[int], extra: Sequence[str
 
 
 def is_done(run_dir: str, key: dict) -> bool:
-    """True when ``run_dir`` holds a finished run of the same config, seed, schedule and
-    overrides (another schedule in the same folder is trained again; the old run is kept
-    beside it as ``seed<k>.previous-<time>``)."""
+    """True when ``run_dir`` holds a finished run (``eval_results.json`` written) recorded with
+    ``key``: a whole :func:`run_key` (same config, seed, schedule and overrides; another
+    schedule in the same folder is trained again, the old run kept beside it as
+    ``seed<k>.previous-<time>``) or some of its fields (``{"config": ..., "seed": ...}``: that
+    run with any schedule)."""
     try:
         with open(os.path.join(run_dir, "compare_run.json")) as f:
-            same = json.load(f) == key
+            recorded = json.load(f)
     except (OSError, ValueError):
         return False
+    same = isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items())
     return same and os.path.exists(os.path.join(run_dir, "eval_results.json"))
 
 

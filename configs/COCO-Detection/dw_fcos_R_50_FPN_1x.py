@@ -1,5 +1,5 @@
 """DW-FCOS R50-FPN 1x on COCO 2017, without box refinement (Li et al., "A Dual Weighting
-Label Assignment Scheme for Object Detection", CVPR 2022; SPEC 4). Reference AP 41.5.
+Label Assignment Scheme for Object Detection", CVPR 2022; docs/methods/dw.md). Reference AP 41.5.
 
 Differs from fcos_R_50_FPN_1x in the method (common/models/dense_methods.py: DWFCOS, head
 prior 0.02, regression bias 4.0, objectness instead of centerness, inference score

@@ -1,4 +1,4 @@
-"""Libra R-CNN: Faster R-CNN R50-FPN 1x (SPEC 1.3, 1.4, 2, 3.1). Reference COCO box AP 38.3.
+"""Libra R-CNN: Faster R-CNN R50-FPN 1x (docs/methods/libra.md). Reference COCO box AP 38.3.
 
 Differs from faster_rcnn_R_50_FPN_1x in the method's three levels only:
 * sample: instance-balanced positives + IoU-balanced negatives (3 bins, floor_thr -1);

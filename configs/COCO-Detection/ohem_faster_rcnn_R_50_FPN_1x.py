@@ -1,4 +1,4 @@
-"""OHEM Faster R-CNN R50-FPN 1x (SPEC 1.2).
+"""OHEM Faster R-CNN R50-FPN 1x (docs/methods/ohem.md).
 
 Differs from faster_rcnn_R_50_FPN_1x only in the ROI sampler: per image the 128 positives and
 384 negatives with the highest classification loss (one no-grad box-head forward over all

@@ -1,4 +1,5 @@
-"""Sampling-Free Faster R-CNN R50-FPN 1x (SPEC 1.8). Reference COCO box AP 36.8 -> 38.4.
+"""Sampling-Free Faster R-CNN R50-FPN 1x (docs/methods/sampling_free.md). Reference COCO box
+AP 36.8 -> 38.4.
 
 Differs from faster_rcnn_R_50_FPN_1x in the method's parts only:
 * no sampling: every anchor / proposal with label >= 0 trains; 2000 RPN proposals per image in

@@ -1,4 +1,4 @@
-"""OHEM Faster R-CNN, EfficientNet-Lite0-FPN, synthetic data, CPU (SPEC 1.2).
+"""OHEM Faster R-CNN, EfficientNet-Lite0-FPN, synthetic data, CPU (docs/methods/ohem.md).
 
 Differs from faster_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) only in the ROI
 sampler: ohem() in common/models/balanced_rcnn.py (hardest 64 positives / 192 negatives of

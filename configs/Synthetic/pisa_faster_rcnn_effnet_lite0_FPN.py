@@ -1,4 +1,4 @@
-"""PISA Faster R-CNN, EfficientNet-Lite0-FPN, synthetic data, CPU (SPEC 1.5-1.7).
+"""PISA Faster R-CNN, EfficientNet-Lite0-FPN, synthetic data, CPU (docs/methods/pisa.md).
 
 Differs from faster_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) in the method's
 parts (ISR-P, ISR-N / Score-HLR negatives, CARL) and, as the COCO PISA config and mmdet,

@@ -1,4 +1,4 @@
-"""PISA Mask R-CNN, EfficientNet-Lite0-FPN, synthetic data with masks, CPU (SPEC 1.5-1.7).
+"""PISA Mask R-CNN, EfficientNet-Lite0-FPN, synthetic data with masks, CPU (docs/methods/pisa.md).
 
 Differs from mask_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) as
 pisa_faster_rcnn_effnet_lite0_FPN.py differs from its baseline: pisa() in

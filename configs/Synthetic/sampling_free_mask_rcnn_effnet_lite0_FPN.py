@@ -1,5 +1,5 @@
 """Sampling-Free Mask R-CNN, EfficientNet-Lite0-FPN, synthetic data with masks, CPU
-(SPEC 1.8).
+(docs/methods/sampling_free.md).
 
 Differs from mask_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) as
 sampling_free_faster_rcnn_effnet_lite0_FPN.py differs from its baseline:

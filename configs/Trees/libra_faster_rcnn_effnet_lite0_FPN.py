@@ -1,4 +1,4 @@
-"""Libra R-CNN, EfficientNet-Lite0-FPN, trees data, CPU (SPEC 1.3, 1.4, 2, 3.1).
+"""Libra R-CNN, EfficientNet-Lite0-FPN, trees data, CPU (docs/methods/libra.md).
 
 Differs from faster_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) only in the
 method's parts: libra() in common/models/balanced_rcnn.py (instance-balanced positives,

@@ -1,4 +1,5 @@
-"""Sampling-Free Faster R-CNN, EfficientNet-Lite0-FPN, trees data, CPU (SPEC 1.8).
+"""Sampling-Free Faster R-CNN, EfficientNet-Lite0-FPN, trees data, CPU
+(docs/methods/sampling_free.md).
 
 Differs from faster_rcnn_effnet_lite0_FPN.py (same data, schedule and seed) in the method's
 parts only: sampling_free() in common/models/balanced_rcnn.py (no sampling, guided losses,

@@ -1,4 +1,4 @@
-"""Dataset statistics for Sampling-Free (SPEC 1.8), computed before training without a network
+"""Dataset statistics for Sampling-Free (docs/methods/sampling_free.md), computed before training without a network
 forward, with the detector's own matchers, and cached as JSON.
 
 What is counted, per *counter* (a detector part with its own assignment rule):
@@ -10,10 +10,9 @@ summed over the training images (or a fixed random subset of ``max_images`` of t
 sizes the training mapper produces (its augmentations applied to the geometry only: no image
 is decoded), plus ``class_counts`` (N_j, non-crowd training instances per class).
 
-A model that wants statistics implements three methods (see :class:`DatasetStatsUser`):
-``dataset_stats_counters()`` (name -> counter function), ``dataset_stats_key()`` (the
-settings the counts depend on: anchors, matcher thresholds, ...) and
-``apply_dataset_stats(stats)``. :func:`prepare_model_with_dataset_stats` is called by
+Every model part that wants statistics is a :class:`DatasetStatsPart` (a counter, a key,
+``apply_dataset_stats(fg_fraction, class_counts)``); a model lists them in
+``dataset_stats_parts()``. :func:`prepare_model_with_dataset_stats` is called by
 ``balanced_det.engine.build_model`` for every model, before any checkpoint is loaded.
 
 Cache: ``$BALANCED_DET_CACHE/stats/<dataset>-<key hash>.json``. The file records the full key
@@ -31,7 +30,7 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -51,7 +50,13 @@ __all__ = [
     "DatasetStatsSpec",
     "compute_dataset_stats",
     "prepare_model_with_dataset_stats",
-    "count_anchor_foreground",
+    "DatasetStatsPart",
+    "dataset_stats_parts",
+    "AnchorCache",
+    "count_matched_anchors",
+    "anchor_stats_counter",
+    "anchor_generator_key",
+    "matcher_key",
     "dummy_feature_maps",
 ]
 
@@ -114,20 +119,29 @@ class DatasetStats:
         )
 
 
-class DatasetStatsUser(metaclass=ABCMeta):
-    """Interface of models that initialise themselves from dataset statistics."""
+class DatasetStatsPart(metaclass=ABCMeta):
+    """A model part that initialises itself from dataset statistics (Sampling-Free's optimal
+    bias and class-adaptive thresholds). Meta-architectures list their parts in
+    ``dataset_stats_parts() -> {name: part}``; :func:`prepare_model_with_dataset_stats` counts
+    and applies."""
+
+    @property
+    @abstractmethod
+    def needs_dataset_stats(self) -> bool:
+        """Whether this part uses statistics (no counting when no part does)."""
 
     @abstractmethod
-    def dataset_stats_counters(self) -> Dict[str, Counter]:
-        """Counter functions by name ({} when the model needs no statistics)."""
+    def dataset_stats_counter(self) -> Counter:
+        """``(image_size, gt_boxes, gt_classes) -> (N_f, N)`` of one training image with the
+        part's own assignment rule (no network forward)."""
 
     @abstractmethod
     def dataset_stats_key(self) -> Dict[str, Any]:
-        """The settings the counts depend on (anchors, matchers, ...): part of the cache key."""
+        """The settings the counts depend on (anchors, matcher, ...): part of the cache key."""
 
     @abstractmethod
-    def apply_dataset_stats(self, stats: DatasetStats) -> None:
-        """Initialise from the statistics (bias initialisation, thresholds)."""
+    def apply_dataset_stats(self, fg_fraction: float, class_counts: Sequence[int]) -> None:
+        """Initialise from ``N_f / N`` and the per-class instance counts ``N_j``."""
 
 
 @dataclasses.dataclass
@@ -150,15 +164,65 @@ def dummy_feature_maps(image_size: Tuple[int, int], strides: Sequence[int]) -> L
     return [torch.empty(1, 0, -(-h // s), -(-w // s)) for s in strides]
 
 
-def count_anchor_foreground(anchor_generator, matcher, strides: Sequence[int],
-                            image_size: Tuple[int, int], gt_boxes: torch.Tensor) -> Tuple[int, int]:
-    """N_f and N over the anchors of one image with a detectron2 ``Matcher`` (labels 1 = fg,
-    0 = bg, -1 = ignored), as RetinaNet's and the RPN's ``label_anchors`` do."""
-    anchors = Boxes.cat(anchor_generator(dummy_feature_maps(image_size, strides)))
+class AnchorCache:
+    """``image_size -> Boxes`` of all anchors of a detectron2 anchor generator (no network
+    forward; the last 64 sizes are kept)."""
+
+    def __init__(self, anchor_generator):
+        self.anchor_generator = anchor_generator
+        self.strides = list(anchor_generator.strides)
+        self._cache: Dict[Tuple[int, int], Boxes] = {}
+
+    def __call__(self, image_size) -> Boxes:
+        key = tuple(int(x) for x in image_size)
+        if key not in self._cache:
+            with torch.no_grad():
+                maps = dummy_feature_maps(key, self.strides)
+                self._cache[key] = Boxes.cat(self.anchor_generator(maps))
+            if len(self._cache) > 64:
+                self._cache.pop(next(iter(self._cache)))
+        return self._cache[key]
+
+
+def count_matched_anchors(anchors: Boxes, matcher, gt_boxes: torch.Tensor) -> Tuple[int, int]:
+    """(N_f, N) over ``anchors`` with a detectron2 ``Matcher`` (labels 1 = foreground, 0 =
+    background, -1 = ignored); without GTs every anchor gets the matcher's first label."""
     if gt_boxes.shape[0] == 0:
-        return 0, len(anchors)
+        first = int(matcher.labels[0])
+        return (len(anchors) if first == 1 else 0), (len(anchors) if first >= 0 else 0)
     _, labels = matcher(pairwise_iou(Boxes(gt_boxes), anchors))
     return int((labels == 1).sum()), int((labels >= 0).sum())
+
+
+def anchor_stats_counter(anchor_generator, matcher) -> Counter:
+    """Counter of :func:`count_matched_anchors` over an anchor generator's anchors."""
+    anchors = AnchorCache(anchor_generator)
+    device = next(iter(anchor_generator.cell_anchors)).device
+
+    def counter(image_size, gt_boxes, gt_classes):
+        return count_matched_anchors(anchors(image_size), matcher,
+                                     gt_boxes.float().reshape(-1, 4).to(device))
+
+    return counter
+
+
+def anchor_generator_key(anchor_generator) -> Dict[str, Any]:
+    """What a detectron2 anchor generator's anchors depend on (a statistics cache key)."""
+    cells = getattr(anchor_generator, "cell_anchors", None)
+    return {
+        "type": type(anchor_generator).__name__,
+        "cell_anchors": [[round(float(v), 4) for v in c.flatten().tolist()] for c in cells]
+        if cells is not None else None,
+        "strides": [int(s) for s in getattr(anchor_generator, "strides", [])],
+        "offset": float(getattr(anchor_generator, "offset", 0.0)),
+    }
+
+
+def matcher_key(matcher) -> Dict[str, Any]:
+    """What a detectron2 ``Matcher``'s labels depend on (a statistics cache key)."""
+    return {"thresholds": [float(x) for x in matcher.thresholds[1:-1]],
+            "labels": [int(x) for x in matcher.labels],
+            "allow_low_quality_matches": bool(matcher.allow_low_quality_matches)}
 
 
 def _describe_aug(aug) -> Any:
@@ -323,22 +387,29 @@ def stats_spec_from_config(cfg) -> DatasetStatsSpec:
     )
 
 
+def dataset_stats_parts(model) -> Dict[str, DatasetStatsPart]:
+    """The parts of ``model`` that use dataset statistics (``{}`` when none does)."""
+    get = getattr(model, "dataset_stats_parts", None)
+    parts = get() if callable(get) else {}
+    return {name: part for name, part in parts.items() if part.needs_dataset_stats}
+
+
 def prepare_model_with_dataset_stats(model, cfg) -> Optional[DatasetStats]:
-    """If ``model`` is a :class:`DatasetStatsUser`, compute/load its statistics for the
-    training set of ``cfg`` and apply them (bias initialisation, thresholds)."""
-    if not all(hasattr(model, m) for m in
-               ("dataset_stats_counters", "dataset_stats_key", "apply_dataset_stats")):
-        return None
-    counters = model.dataset_stats_counters()
-    if not counters:  # e.g. an R-CNN whose RPN and ROI head both sample
+    """Compute (or load) the statistics of ``cfg``'s training set for the parts of ``model``
+    that use them, and apply them (bias initialisation, thresholds)."""
+    parts = dataset_stats_parts(model)
+    if not parts:
         return None
     spec = stats_spec_from_config(cfg)
     spec.size_divisibility = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     meta = MetadataCatalog.get(spec.dataset_names[0])
     num_classes = len(getattr(meta, "thing_classes", []) or []) or _num_classes(model)
+    counters = {name: part.dataset_stats_counter() for name, part in parts.items()}
+    key = {name: part.dataset_stats_key() for name, part in parts.items()}
     with torch.no_grad():
-        stats = compute_dataset_stats(spec, counters, model.dataset_stats_key(), num_classes)
-    model.apply_dataset_stats(stats)
+        stats = compute_dataset_stats(spec, counters, key, num_classes)
+    for name, part in parts.items():
+        part.apply_dataset_stats(stats[name].fg_fraction, stats.class_counts)
     return stats
 
 
@@ -348,10 +419,3 @@ def _num_classes(model) -> int:
         if isinstance(n, int):
             return n
     raise ValueError("cannot tell the number of classes of the model")
-
-
-def load_stats_file(path: Union[str, os.PathLike]) -> DatasetStats:
-    stats = _read(path)
-    if stats is None:
-        raise FileNotFoundError(f"no readable statistics at {path}")
-    return stats

@@ -2,62 +2,78 @@
 
 Each function changes only the parts of its method (and says which), on any R-CNN model config
 built from ``mask_rcnn_fpn.py`` / ``faster_rcnn_fpn.py`` (R50 or Lite0). The ROI head and box
-predictor keep every detectron2 argument; they only get new ``_target_`` classes and knobs.
+predictor keep every detectron2 argument; a method is a plug-in object set on them
+(``balanced_det.modeling.samplers`` / ``balanced_det.modeling.losses``). Method pages:
+docs/methods/.
 """
 from detectron2.config import LazyCall as L
 
+from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
 from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
 from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
 from balanced_det.modeling.rpn import BalancedRPN
+from balanced_det.modeling.samplers import (
+    AllSampler,
+    CombinedSampler,
+    InstanceBalancedPosSampler,
+    IoUBalancedNegSampler,
+    ISRPWeighting,
+    OHEMSampler,
+    ScoreHLRSampler,
+)
 
 
-def balanced_roi_heads(model, sampler, **knobs):
+def balanced_roi_heads(model, sampler=None):
     """``StandardROIHeads`` -> ``BalancedROIHeads(sampler=...)`` and the box predictor ->
-    ``BalancedFastRCNNOutputLayers`` (identical to detectron2's until a knob is set)."""
+    ``BalancedFastRCNNOutputLayers`` (identical to detectron2's until a plug-in is set)."""
     roi = model.roi_heads
     roi._target_ = BalancedROIHeads
     roi.sampler = sampler
-    roi.update(knobs)
     roi.box_predictor._target_ = BalancedFastRCNNOutputLayers
     return model
 
 
 def ohem(model):
-    """OHEM (SPEC 1.2): ROI sampler only (512 ROIs, 128 hardest positives / the rest hardest
-    negatives, no NMS). Everything else as the baseline."""
-    return balanced_roi_heads(model, "ohem")
+    """OHEM: ROI sampler only (512 ROIs, 128 hardest positives / the rest hardest negatives,
+    no NMS). Everything else as the baseline."""
+    return balanced_roi_heads(model, L(OHEMSampler)(nms_thresh=None))
 
 
 def balanced_fpn(model, refine_level):
-    """Balanced Feature Pyramid (SPEC 2) around the model's FPN; ``refine_level`` is the index
-    of P4 among the FPN outputs (2 for P2-P6, 1 for Lite0's P3-P6)."""
+    """Balanced Feature Pyramid around the model's FPN; ``refine_level`` is the index of P4
+    among the FPN outputs (2 for P2-P6, 1 for Lite0's P3-P6)."""
     model.backbone = L(BalancedFPN)(fpn=model.backbone, refine_level=refine_level,
                                     refine_type="non_local")
     return model
 
 
 def libra(model, refine_level):
-    """Libra R-CNN (SPEC 1.3, 1.4, 2, 3.1): Balanced FPN, instance-balanced positives +
-    IoU-balanced negatives (3 bins, no floor), Balanced L1 box loss (alpha 0.5, gamma 1.5,
-    beta 1.0). The RPN keeps detectron2's random sampling (mmdet additionally caps the RPN's
-    negatives at 5x the positives; not done here)."""
+    """Libra R-CNN: Balanced FPN, instance-balanced positives + IoU-balanced negatives (3 bins,
+    no floor), Balanced L1 box loss (alpha 0.5, gamma 1.5, beta 1.0). The RPN keeps
+    detectron2's random sampling (mmdet additionally caps the RPN's negatives at 5x the
+    positives; not done here)."""
     balanced_fpn(model, refine_level)
-    balanced_roi_heads(model, "libra")
-    model.roi_heads.box_predictor.box_reg_loss_type = "balanced_l1"
+    balanced_roi_heads(model, L(CombinedSampler)(
+        pos_sampler=L(InstanceBalancedPosSampler)(),
+        neg_sampler=L(IoUBalancedNegSampler)(floor_thr=-1.0, floor_fraction=0.0, num_bins=3)))
+    model.roi_heads.box_predictor.box_reg_loss = L(BalancedL1Loss)(alpha=0.5, gamma=1.5,
+                                                                   beta=1.0)
     return model
 
 
 def pisa(model, pre_nms_topk, post_nms_topk):
-    """PISA (SPEC 1.5-1.7): ISR-P (gamma 2, beta 0) + ISR-N / Score-HLR negatives (gamma 0.5,
-    beta 0) + CARL (k 1, bias 0.2). As mmdet's PISA configs, and unlike the baseline: box
-    loss Smooth L1 beta = 1.0 (baseline: L1, beta 0) and more RPN proposals, (train, test)
-    ``pre_nms_topk`` per level and ``post_nms_topk`` per image (COCO: (2000, 2000) and
-    (2000, 2000) instead of (2000, 1000) and (1000, 1000)). For an ablation of the sampling
-    alone, set those three knobs back to the baseline's values."""
-    balanced_roi_heads(model, "pisa")
+    """PISA: ISR-P (gamma 2, beta 0) + ISR-N / Score-HLR negatives (gamma 0.5, beta 0) + CARL
+    (k 1, bias 0.2). As mmdet's PISA configs, and unlike the baseline: box loss Smooth L1
+    beta = 1.0 (baseline: L1, beta 0) and more RPN proposals, (train, test) ``pre_nms_topk``
+    per level and ``post_nms_topk`` per image (COCO: (2000, 2000) and (2000, 2000) instead of
+    (2000, 1000) and (1000, 1000)). For an ablation of the sampling alone, set those three
+    knobs back to the baseline's values."""
+    balanced_roi_heads(model, L(ScoreHLRSampler)(gamma=0.5, beta=0.0, score_thresh=0.05,
+                                                 iou_thresh=0.5))
+    model.roi_heads.positive_weighting = L(ISRPWeighting)(gamma=2.0, beta=0.0)
     bp = model.roi_heads.box_predictor
-    bp.carl = True
+    bp.carl = L(CARL)(k=1.0, bias=0.2)
     bp.smooth_l1_beta = 1.0
     model.proposal_generator.pre_nms_topk = tuple(pre_nms_topk)
     model.proposal_generator.post_nms_topk = tuple(post_nms_topk)
@@ -65,24 +81,23 @@ def pisa(model, pre_nms_topk, post_nms_topk):
 
 
 def sampling_free(model, num_train_proposals):
-    """Sampling-Free (SPEC 1.8): no sampling in the RPN or the ROI head, guided classification
-    losses (w_cls 1 for the RPN, 2 for the ROI head), box losses averaged over the positives,
-    optimal bias initialisation (RPN sigmoid, ROI softmax) and class-adaptive score thresholds
-    from dataset statistics (``BalancedRCNN`` computes them before training; see
-    ``train.dataset_stats``), ``num_train_proposals`` RPN proposals per image in training
-    (COCO: 2000 instead of the baseline's 1000)."""
+    """Sampling-Free: no sampling in the RPN or the ROI head, guided classification losses
+    (w_cls 1 for the RPN, 2 for the ROI head), losses divided by the positives, optimal bias
+    initialisation (RPN sigmoid, ROI softmax) and class-adaptive score thresholds from dataset
+    statistics (``BalancedRCNN`` computes them before training; see ``train.dataset_stats``),
+    ``num_train_proposals`` RPN proposals per image in training (COCO: 2000 instead of the
+    baseline's 1000)."""
     model._target_ = BalancedRCNN
     rpn = model.proposal_generator
     rpn._target_ = BalancedRPN
-    rpn.sampler = "none"
-    rpn.guided_loss = True
-    rpn.guided_w_cls = 1.0
+    rpn.sampler = L(AllSampler)()
+    rpn.loss_normalizer = "positives"
+    rpn.guided_loss = L(GuidedLoss)(w_cls=1.0)
     rpn.prior_init = True
     rpn.post_nms_topk = (num_train_proposals, rpn.post_nms_topk[1])
-    balanced_roi_heads(model, "none")
+    balanced_roi_heads(model, L(AllSampler)())
     bp = model.roi_heads.box_predictor
-    bp.guided_loss = True
-    bp.guided_w_cls = 2.0
+    bp.guided_loss = L(GuidedLoss)(w_cls=2.0)
     bp.box_reg_normalizer = "positives"
     bp.prior_init = True
     bp.class_adaptive_thresholds = True

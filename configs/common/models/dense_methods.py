@@ -2,15 +2,24 @@
 
 Each function takes a baseline model config (``common/models/retinanet.py`` or
 ``common/models/fcos.py``, possibly already turned into a Lite0 model) and changes only the
-method's own knobs; its docstring lists them. The method configs under COCO-Detection/,
+method's own plug-ins; its docstring lists them. The method configs under COCO-Detection/,
 Trees/ and Synthetic/ import their baseline config and call one of these, so that the
 COCO, tree and synthetic versions of a method cannot drift apart.
 """
 from detectron2.config import LazyCall as L
 
+from balanced_det.modeling.losses import (
+    CARL,
+    BalancedL1Loss,
+    GHMCLoss,
+    GHMRLoss,
+    GuidedLoss,
+    SigmoidBCELoss,
+)
 from balanced_det.modeling.meta_arch.dw_fcos import DWFCOS
 from balanced_det.modeling.meta_arch.retinanet import BalancedRetinaNet
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
+from balanced_det.modeling.samplers import ISRPWeighting
 
 
 def balanced_retinanet(model):
@@ -21,87 +30,70 @@ def balanced_retinanet(model):
 
 
 def pisa_retinanet(model):
-    """PISA for one-stage detectors (SPEC 1.5, 1.7): ISR-P on the positive anchors
-    (gamma 2.0, beta 0.0) and CARL with sigmoid probabilities (k 1.0, bias 0.2, Smooth L1
-    with the baseline's beta, as a separate ``loss_carl``). No ISR-N (not used for one-stage
-    detectors). mmdet's PISA RetinaNet also turns its baseline's L1 box loss into Smooth L1
-    (beta 0.11); detectron2's baseline already uses Smooth L1 (beta 0.1), kept."""
+    """PISA for one-stage detectors: ISR-P on the positive anchors (gamma 2.0, beta 0.0) and
+    CARL with sigmoid probabilities (k 1.0, bias 0.2, the baseline's Smooth L1 box loss, as a
+    separate ``loss_carl``). No ISR-N (not used for one-stage detectors). mmdet's PISA
+    RetinaNet also turns its baseline's L1 box loss into Smooth L1 (beta 0.11); detectron2's
+    baseline already uses Smooth L1 (beta 0.1), kept."""
     balanced_retinanet(model)
-    model.isr_p = True
-    model.isr_p_gamma = 2.0
-    model.isr_p_beta = 0.0
-    model.carl = True
-    model.carl_k = 1.0
-    model.carl_bias = 0.2
+    model.positive_weighting = L(ISRPWeighting)(gamma=2.0, beta=0.0)
+    model.carl = L(CARL)(k=1.0, bias=0.2)
     return model
 
 
 def ghm_retinanet(model):
-    """GHM (SPEC 1.9): GHM-C classification loss (30 bins, momentum 0.75) instead of focal,
-    GHM-R box loss (mu 0.02, 10 bins, momentum 0.7, weight 10) instead of Smooth L1."""
+    """GHM: GHM-C classification loss (30 bins, momentum 0.75) instead of focal, GHM-R box
+    loss (mu 0.02, 10 bins, momentum 0.7, weight 10) instead of Smooth L1."""
     balanced_retinanet(model)
-    model.cls_loss_type = "ghm"
-    model.ghmc_bins = 30
-    model.ghmc_momentum = 0.75
-    model.box_reg_loss_type = "ghm"
-    model.ghmr_mu = 0.02
-    model.ghmr_bins = 10
-    model.ghmr_momentum = 0.7
-    model.ghmr_loss_weight = 10.0
+    model.cls_loss = L(GHMCLoss)(bins=30, momentum=0.75, loss_weight=1.0)
+    model.box_reg_loss = L(GHMRLoss)(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0)
     return model
 
 
 def libra_retinanet(model):
-    """Libra RetinaNet (SPEC 2, 3.1): Balanced Feature Pyramid on the FPN (non-local refine at
-    P4 = index 1 of P3-P7) and Balanced L1 box loss (alpha 0.5, gamma 1.5, beta 0.11).
-    (IoU-balanced sampling is for R-CNN proposals; RetinaNet has none.)"""
+    """Libra RetinaNet: Balanced Feature Pyramid on the FPN (non-local refine at P4 = index 1
+    of P3-P7) and Balanced L1 box loss (alpha 0.5, gamma 1.5, beta 0.11). (IoU-balanced
+    sampling is for R-CNN proposals; RetinaNet has none.)"""
     balanced_retinanet(model)
     model.backbone = L(BalancedFPN)(fpn=model.backbone, refine_level=1, refine_type="non_local")
-    model.box_reg_loss_type = "balanced_l1"
-    model.balanced_l1_alpha = 0.5
-    model.balanced_l1_gamma = 1.5
-    model.balanced_l1_beta = 0.11
+    model.box_reg_loss = L(BalancedL1Loss)(alpha=0.5, gamma=1.5, beta=0.11)
     return model
 
 
 def sampling_free_retinanet(model):
-    """Sampling-Free RetinaNet (SPEC 1.8): plain BCE instead of focal loss, guided loss
+    """Sampling-Free RetinaNet: plain BCE instead of focal loss, guided loss
     (w_reg = w_cls = 1), optimal bias from the training-set statistics (this model's anchors
     and matcher) and class-adaptive inference thresholds."""
     balanced_retinanet(model)
-    model.cls_loss_type = "bce"
-    model.guided_loss = True
-    model.guided_loss_w_reg = 1.0
-    model.guided_loss_w_cls = 1.0
-    model.sampling_free_init = True
+    model.cls_loss = L(SigmoidBCELoss)()
+    model.guided_loss = L(GuidedLoss)(w_cls=1.0, w_reg=1.0)
+    model.prior_init = True
     model.class_adaptive_thresholds = True
     return model
 
 
 def sampling_free_fcos(model):
-    """Sampling-Free FCOS (SPEC 1.8): plain BCE instead of focal loss, guided loss
-    (w_reg = w_cls = 1; L_reg = mean of the box and centerness losses, as the reference),
-    optimal bias from the training-set statistics (points counted with this model's FCOS
-    assignment) and class-adaptive inference thresholds."""
-    model.cls_loss_type = "bce"
-    model.guided_loss = True
-    model.guided_loss_w_reg = 1.0
-    model.guided_loss_w_cls = 1.0
-    model.sampling_free_init = True
+    """Sampling-Free FCOS: plain BCE instead of focal loss, guided loss (w_reg = w_cls = 1;
+    L_reg = mean of the box and centerness losses, as the reference), optimal bias from the
+    training-set statistics (points counted with this model's FCOS assignment) and
+    class-adaptive inference thresholds."""
+    model.cls_loss = L(SigmoidBCELoss)()
+    model.guided_loss = L(GuidedLoss)(w_cls=1.0, w_reg=1.0)
+    model.prior_init = True
     model.class_adaptive_thresholds = True
     return model
 
 
 # FCOS knobs that DW-FCOS does not have (its assignment and losses replace them).
 _FCOS_ONLY = (
-    "center_sampling_radius", "focal_loss_alpha", "focal_loss_gamma", "loss_normalizer_init",
-    "loss_normalizer_momentum", "cls_loss_type", "guided_loss", "guided_loss_w_reg",
-    "guided_loss_w_cls", "sampling_free_init", "class_adaptive_thresholds",
+    "center_sampling_radius", "focal_loss_alpha", "focal_loss_gamma", "cls_loss",
+    "box_reg_loss", "loss_normalizer_init", "loss_normalizer_momentum", "guided_loss",
+    "prior_init", "class_adaptive_thresholds",
 )
 
 
 def dw_fcos(model, box_refine=False):
-    """FCOS -> DW-FCOS (SPEC 4): Dual Weighting instead of FCOS's assignment, focal loss and
+    """FCOS -> DW-FCOS: Dual Weighting instead of FCOS's assignment, focal loss and
     centerness; the head's ``quality`` branch becomes the objectness (no target of its own),
     classification prior 0.02, regression bias 4.0, fixed Gaussian centre prior sigma 1.11;
     inference score sigmoid(cls) * sigmoid(obj), threshold 0.05, 1000 per level, NMS 0.6,

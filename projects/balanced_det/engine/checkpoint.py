@@ -20,6 +20,31 @@ __all__ = ["Checkpointer", "CheckpointLoadError"]
 logger = logging.getLogger(__name__)
 
 
+#: (old suffix, new suffix) of state-dict keys renamed since earlier releases
+_RENAMED_KEYS = (
+    ("class_score_thresh", "class_score_thresholds.values"),
+    ("class_score_thresholds", "class_score_thresholds.values"),
+    ("ghm_c.", "cls_loss."),
+    ("ghm_r.", "box_reg_loss."),
+)
+
+
+def upgrade_state_dict(state_dict: Dict[str, Any], model_keys) -> Dict[str, Any]:
+    """Rename keys of checkpoints written before the plug-in classes held their buffers
+    (class-adaptive thresholds, GHM's EMA) when the model has the new key and not the old."""
+    model_keys = set(model_keys)
+    out = dict(state_dict)
+    for key in list(state_dict):
+        if key in model_keys:
+            continue
+        for old, new in _RENAMED_KEYS:
+            head, sep, tail = key.rpartition(old)
+            if sep and (tail == "" or old.endswith(".")) and (head + new + tail) in model_keys:
+                out[head + new + tail] = out.pop(key)
+                break
+    return out
+
+
 class CheckpointLoadError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
 
@@ -55,6 +80,8 @@ class Checkpointer(DetectionCheckpointer):
         return self.load(path, checkpointables=[])
 
     def _load_model(self, checkpoint):
+        checkpoint["model"] = upgrade_state_dict(checkpoint["model"],
+                                                 self.model.state_dict().keys())
         incompatible = super()._load_model(checkpoint)
         if self._strict and incompatible is not None and (
                 incompatible.missing_keys or incompatible.unexpected_keys

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -15,7 +14,8 @@ from typing import Any, Dict, Optional
 import torch
 from omegaconf import DictConfig, ListConfig
 
-from detectron2.config import LazyConfig, instantiate
+from detectron2.config import instantiate
+from detectron2.config.instantiate import locate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -27,7 +27,7 @@ from .checkpoint import Checkpointer
 from .launch import create_ddp_model
 from .trainer import Trainer
 
-__all__ = ["do_train", "do_test", "build_model", "cfg_get"]
+__all__ = ["do_train", "do_test", "build_model", "build_train_loader", "training_seed", "cfg_get"]
 
 logger = logging.getLogger("balanced_det")
 
@@ -71,40 +71,39 @@ def do_test(cfg, model) -> Dict[str, Any]:
     return results
 
 
-class _TrainLoaderFromPosition:
-    """The training loader, built when the first batch is needed, i.e. after ``--resume``
-    has restored ``trainer.iter``. If the config's loader builder takes a ``sampler`` and
-    none is configured, a :class:`ResumableTrainingSampler` starting at
-    ``start_iter * total_batch_size`` is used, so a resumed run continues the image stream
-    where it stopped (augmentation randomness is redrawn)."""
+def training_seed(cfg) -> int:
+    """``train.seed``, or a random seed shared by all processes when it is unset or negative."""
+    seed = cfg_get(cfg, "train.seed", -1)
+    return seed if seed >= 0 else comm.shared_random_seed()
 
-    def __init__(self, loader_cfg, trainer_ref, seed: int):
-        self.loader_cfg = loader_cfg
-        self.trainer_ref = trainer_ref
-        self.seed = seed
 
-    def _build(self):
-        cfg = self.loader_cfg
-        builder = cfg._target_
-        if isinstance(builder, str):
-            from detectron2.config.instantiate import locate
+def build_train_loader(cfg, start_iter: int = 0, seed: Optional[int] = None):
+    """The training loader of ``cfg.dataloader.train``, positioned at iteration ``start_iter``.
 
-            builder = locate(builder)
-        params = inspect.signature(builder).parameters
-        if "sampler" not in params or cfg.get("sampler") is not None or "dataset" not in cfg:
-            return instantiate(cfg)
-        kwargs = {k: instantiate(v) if isinstance(v, (DictConfig, ListConfig)) else v
-                  for k, v in cfg.items() if k != "_target_"}
-        dataset = kwargs["dataset"]
-        batch = int(kwargs.get("total_batch_size", 1))
-        start = int(self.trainer_ref().iter) * batch
-        kwargs["sampler"] = ResumableTrainingSampler(len(dataset), seed=self.seed, start=start)
-        if start:
-            logger.info("Training data resumes at position %d (iteration %d)", start, start // batch)
-        return builder(**kwargs)
-
-    def __iter__(self):
-        yield from self._build()
+    If the loader's builder takes a ``sampler`` and the config sets none, a
+    :class:`ResumableTrainingSampler` seeded by ``seed`` (default: :func:`training_seed`) and
+    starting at ``start_iter * total_batch_size`` is used, so a resumed run continues the
+    image stream where it stopped (augmentation randomness is redrawn); otherwise the config's
+    loader as it is.
+    """
+    loader_cfg = cfg.dataloader.train
+    builder = loader_cfg._target_
+    if isinstance(builder, str):
+        builder = locate(builder)
+    params = inspect.signature(builder).parameters
+    if ("sampler" not in params or loader_cfg.get("sampler") is not None
+            or "dataset" not in loader_cfg):
+        return instantiate(loader_cfg)
+    kwargs = {k: instantiate(v) if isinstance(v, (DictConfig, ListConfig)) else v
+              for k, v in loader_cfg.items() if k != "_target_"}
+    dataset = kwargs["dataset"]
+    batch = int(kwargs.get("total_batch_size", 1))
+    start = int(start_iter) * batch
+    kwargs["sampler"] = ResumableTrainingSampler(
+        len(dataset), seed=training_seed(cfg) if seed is None else seed, start=start)
+    if start:
+        logger.info("Training data resumes at position %d (iteration %d)", start, start_iter)
+    return builder(**kwargs)
 
 
 def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
@@ -117,11 +116,12 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     logger.info("Model:\n%s", model)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    trainer_ref = {}
-    seed = cfg_get(cfg, "train.seed", -1)
-    train_loader = _TrainLoaderFromPosition(
-        cfg.dataloader.train, lambda: trainer_ref["trainer"],
-        seed=seed if seed is not None and seed >= 0 else comm.shared_random_seed())
+    seed = training_seed(cfg)
+
+    def train_batches():
+        # The loader is built at the first batch, once --resume has restored trainer.iter.
+        yield from build_train_loader(cfg, start_iter=trainer.iter, seed=seed)
+
     model = create_ddp_model(model, **cfg_get(cfg, "train.ddp", {}))
 
     checkpointer_holder = {}
@@ -136,7 +136,7 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
                          cfg.train.output_dir)
 
     trainer = Trainer(
-        model, train_loader, optimizer,
+        model, train_batches(), optimizer,
         amp=bool(cfg_get(cfg, "train.amp.enabled", False)),
         amp_dtype=cfg_get(cfg, "train.amp.dtype", None),
         device_type=torch.device(cfg.train.device).type,
@@ -144,7 +144,6 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
         nonfinite=cfg_get(cfg, "train.nonfinite", "raise"),
         on_nonfinite=save_last_good,
     )
-    trainer_ref["trainer"] = trainer
     checkpointer = Checkpointer(model, cfg.train.output_dir, trainer=trainer)
     checkpointer_holder["ckpt"] = checkpointer
     last_results: Dict[str, Any] = {}
@@ -174,15 +173,3 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
     return last_results or None
-
-
-def save_config(cfg, path: str) -> None:
-    try:
-        LazyConfig.save(cfg, path)
-    except Exception as e:  # noqa: BLE001  (unpicklable user objects: keep training)
-        logger.warning("Could not save the config to %s: %s", path, e)
-
-
-def load_eval_results(output_dir: str) -> Dict[str, Any]:
-    with open(os.path.join(output_dir, "eval_results.json")) as f:
-        return json.load(f)

@@ -10,14 +10,14 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 
 from ..compat import group_norm
+from ..utils.checks import check_choice, check_int, check_range
 
 __all__ = ["FCOSStyleHead", "Scale", "prior_bias"]
 
 
 def prior_bias(prior_prob: float) -> float:
     """Sigmoid bias giving initial probability ``prior_prob``: ``-log((1 - p) / p)``."""
-    if not 0.0 < prior_prob < 1.0:
-        raise ValueError(f"prior_prob must be in (0, 1), got {prior_prob}")
+    check_range("prior_prob", prior_prob, 0.0, 1.0, low_open=True, high_open=True)
     return -math.log((1 - prior_prob) / prior_prob)
 
 
@@ -40,7 +40,6 @@ class FCOSStyleHead(nn.Module):
       per-level learnable :class:`Scale`; the detector applies ReLU and multiplies by the
       stride) and ``quality`` (1 channel, 3x3 conv on the box tower: centerness for FCOS,
       objectness for DW),
-    * ``box_features``: the box tower's output, for heads that refine boxes from it,
     * ``box_offsets`` (only with ``box_refine=True``): 8 channels from a 3x3 conv on the box
       tower, the (dy, dx) sampling offsets of DW's box refinement
       (:func:`balanced_det.ops.refine_ltrb`; the detector applies them, since it knows the
@@ -76,10 +75,8 @@ class FCOSStyleHead(nn.Module):
         channels = {s.channels for s in input_shape}
         if len(channels) != 1:
             raise ValueError(f"all input levels need the same channels, got {sorted(channels)}")
-        if norm not in ("GN", ""):
-            raise ValueError(f"norm must be 'GN' or '', got {norm!r}")
-        if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        check_choice("norm", norm, ("GN", ""))
+        check_int("num_classes", num_classes, 1)
         in_ch = channels.pop()
         self.num_classes = num_classes
         self.num_levels = len(input_shape)
@@ -102,7 +99,6 @@ class FCOSStyleHead(nn.Module):
         self.scales = nn.ModuleList(
             [Scale(1.0) if use_scale else nn.Identity() for _ in range(self.num_levels)]
         )
-        self.box_features_channels = c
         self.box_refine = bool(box_refine)
         if self.box_refine:
             self.reg_offset = nn.Conv2d(c, 8, 3, padding=1)
@@ -119,7 +115,7 @@ class FCOSStyleHead(nn.Module):
         if len(features) != self.num_levels:
             raise ValueError(f"head built for {self.num_levels} levels, got {len(features)}")
         out: Dict[str, List[torch.Tensor]] = {
-            "logits": [], "box_reg": [], "quality": [], "box_features": []
+            "logits": [], "box_reg": [], "quality": []
         }
         if self.box_refine:
             out["box_offsets"] = []
@@ -128,7 +124,6 @@ class FCOSStyleHead(nn.Module):
             out["logits"].append(self.cls_score(self.cls_tower(feature)))
             out["box_reg"].append(scale(self.box_pred(box_feat)))
             out["quality"].append(self.quality(box_feat))
-            out["box_features"].append(box_feat)
             if self.box_refine:
                 out["box_offsets"].append(self.reg_offset(box_feat))
         return out

@@ -4,21 +4,12 @@ No detectron2 types, no config, no global state (GHM's EMA is a small module wit
 """
 from .balanced_l1 import balanced_l1_loss
 from .box_refine import refine_ltrb
+from .boxes import aligned_iou, encode_box_deltas
 from .carl import carl_loss, carl_weights
-from .dw import (
-    DWImageWeights,
-    dw_candidate_bag,
-    dw_center_prior,
-    dw_image_terms,
-    dw_image_weights,
-    dw_losses,
-    dw_negative_weights,
-    dw_positive_weights,
-)
+from .dw import DWImageTerms, DWImageWeights, dw_image_terms, dw_image_weights, dw_losses
 from .ghm import GHMC, GHMR
 from .hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
 from .isr import (
-    batch_unique_gt_ids,
     isr_n_select,
     isr_p_weights,
     isr_weights,
@@ -28,9 +19,7 @@ from .isr import (
 from .points import centerness_target, fcos_assign, fcos_scale_ranges, grid_points, point_box_ltrb
 from .samplers import instance_balanced_pos_sample, iou_balanced_neg_sample, ohem_topk, random_choice
 from .sampling_free import (
-    bce_sampling_free_loss,
     class_adaptive_thresholds,
-    guided_classification_loss,
     guided_loss_ratio,
     sigmoid_prior_bias,
     softmax_prior_bias,

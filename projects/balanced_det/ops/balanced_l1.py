@@ -1,9 +1,11 @@
-"""Balanced L1 loss (Libra R-CNN, Pang et al. CVPR 2019; SPEC 3.1)."""
+"""Balanced L1 loss (Libra R-CNN, Pang et al., CVPR 2019). See docs/methods/libra.md."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+from ..utils.checks import check_choice, check_range
 
 __all__ = ["balanced_l1_loss"]
 
@@ -22,20 +24,19 @@ def balanced_l1_loss(
         |x| <  beta:  L = alpha / b * (b |x| + 1) * ln(b |x| / beta + 1) - alpha |x|
         |x| >= beta:  L = gamma |x| + gamma / b - alpha beta
 
-    Defaults alpha = 0.5, gamma = 1.5, beta = 1.0 (Libra's RetinaNet uses beta = 0.11).
-    The value is continuous at ``|x| = beta`` for every beta. The slope is continuous there only
-    for beta = 1: the inner slope at beta is ``gamma + alpha ((b beta + 1) / (beta (b + 1)) - 1)``
-    against ``gamma`` outside; this jump (e.g. at beta = 0.11) is the reference behaviour and is
-    kept. Computed in float32.
+    Defaults alpha = 0.5, gamma = 1.5, beta = 1.0 (Libra's RetinaNet: beta = 0.11). Continuous
+    at ``|x| = beta``; the slope is continuous there only for beta = 1. Computed in float32.
 
     Args:
+        input, target: same shape (any), e.g. (P, 4) box deltas.
+        alpha, gamma, beta: see above; beta > 0.
         reduction: "none" | "sum" (default) | "mean" (an empty input gives 0 with a graph).
 
     Returns:
-        float32 loss: element-wise for "none", else a scalar.
+        float32 loss: shaped like ``input`` for "none", else a scalar.
     """
-    if beta <= 0:
-        raise ValueError(f"balanced_l1_loss: beta must be > 0, got {beta}")
+    check_range("beta", beta, 0.0, low_open=True)
+    check_choice("reduction", reduction, ("none", "sum", "mean"))
     b = math.exp(gamma / alpha) - 1.0
     x = (input.float() - target.float()).abs()
     inner = alpha / b * (b * x + 1.0) * torch.log(b * x / beta + 1.0) - alpha * x
@@ -45,8 +46,4 @@ def balanced_l1_loss(
         return loss
     if reduction == "sum":
         return loss.sum()
-    if reduction == "mean":
-        return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()
-    raise ValueError(
-        f"balanced_l1_loss: reduction must be 'none', 'sum' or 'mean', got {reduction!r}"
-    )
+    return loss.mean() if loss.numel() > 0 else 0.0 * loss.sum()

@@ -1,38 +1,15 @@
-"""Box refinement of the DW head (Li et al., CVPR 2022; SPEC 4, "Box refinement").
+"""Box refinement of the DW head (Li et al., CVPR 2022): each side of the coarse box is
+re-sampled near its edge at a predicted offset.
 
-For one pyramid level with stride ``s`` and points at ``((j + 0.5) s, (i + 0.5) s)`` (column
-j, row i), the coarse distances ``(l, t, r, b)`` (pixels) give absolute box maps
-::
+For one level with stride ``s``, points at ``((j + 0.5) s, (i + 0.5) s)`` and coarse distances
+``(l, t, r, b)`` in pixels, the absolute box maps ``x1 = x - l, y1 = y - t, x2 = x + r,
+y2 = y + b`` are sampled bilinearly (0 outside the map) at the point's own cell plus, in cells
+and as (dy, dx)::
 
-    x1 = x - l,   y1 = y - t,   x2 = x + r,   y2 = y + b      (pixels)
+    x1 at (o0, o1 - l/s),   y1 at (o2 - t/s, o3),   x2 at (o4, o5 + r/s),   y2 at (o6 + b/s, o7)
 
-Each side map is re-sampled (bilinear, 0 outside the map) at the coarse edge plus a
-predicted offset, in feature-cell units relative to the point's own cell, as (dy, dx):
-::
-
-    x1 at (o0,           o1 - l / s)      # near the left edge
-    y1 at (o2 - t / s,   o3)              # near the top edge
-    x2 at (o4,           o5 + r / s)      # near the right edge
-    y2 at (o6 + b / s,   o7)              # near the bottom edge
-
-and converted back to distances through ReLU:
-``l' = relu(x - x1')``, ``t' = relu(y - y1')``, ``r' = relu(x2' - x)``, ``b' = relu(y2' - y)``.
-
-This is the reference (strongwolf/DW ``DWHead.deform_sampling``): a 1x1 deformable
-convolution with weight 1, one group and one offset group per channel (mmcv
-``deform_conv2d(feat, offset, ones(4, 1, 1, 1), 1, 0, 1, 4, 4)``), applied to the absolute
-box maps in pixels (values are not divided by the stride; only the sampling positions are
-in cells). Here: ``torchvision.ops.deform_conv2d`` with ``weight = ones(4, 1, 1, 1)`` — the
-group count is inferred from the weight shape (4 input channels / 1 = 4 groups, depthwise)
-and the offset-group count from the offset shape (8 / (2 * 1 * 1) = 4), offsets per group in
-(dy, dx) order. Gradients reach both the distances (through the sampled values and the
-sampling positions) and the offsets.
-
-:func:`refine_ltrb_reference` computes the same with ``grid_sample`` (``align_corners=True``,
-zero padding: pixel k of the map sits at normalised ``2k / (W - 1) - 1``; deform_conv2d also
-samples at integer cell indices plus the offset, with zeros outside), for tests.
-
-Maths in float32 (float64 inputs stay float64, for gradcheck).
+and turned back into distances through ReLU. The sampling is a 1x1 deformable convolution with
+weight 1, one group per side (``torchvision.ops.deform_conv2d``). See docs/methods/dw.md.
 """
 
 from __future__ import annotations
@@ -44,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import deform_conv2d
 
-__all__ = ["refine_ltrb", "refine_ltrb_reference", "ltrb_box_maps", "refine_sampling_offsets"]
+__all__ = ["refine_ltrb", "ltrb_box_maps", "refine_sampling_offsets"]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -107,7 +84,8 @@ def _boxes_to_ltrb(boxes: Tensor, stride: float, offset: float) -> Tensor:
 
 
 def refine_ltrb(ltrb: Tensor, offsets: Tensor, stride: float, offset: float = 0.5) -> Tensor:
-    """Refined distances (SPEC 4 box refinement) with ``torchvision.ops.deform_conv2d``.
+    """Refined distances ``relu`` of the re-sampled box sides (module docstring), with
+    ``torchvision.ops.deform_conv2d(boxes, offsets, ones(4, 1, 1, 1))``.
 
     Args:
         ltrb: (N, 4, H, W) coarse distances (l, t, r, b) in pixels, e.g.
@@ -128,34 +106,3 @@ def refine_ltrb(ltrb: Tensor, offsets: Tensor, stride: float, offset: float = 0.
     with torch.autocast(device_type=ltrb.device.type, enabled=False):
         sampled = deform_conv2d(boxes.contiguous(), samp.contiguous(), weight)
     return _boxes_to_ltrb(sampled, stride, offset)
-
-
-def refine_ltrb_reference(
-    ltrb: Tensor, offsets: Tensor, stride: float, offset: float = 0.5
-) -> Tensor:
-    """:func:`refine_ltrb` computed per side with ``F.grid_sample`` (bilinear, zero padding,
-    ``align_corners=True``), for tests. Needs H, W >= 2 (``align_corners=True`` cannot
-    address a size-1 axis)."""
-    dt = _compute_dtype(ltrb)
-    ltrb = ltrb.to(dt)
-    offsets = offsets.to(dt)
-    n, _, h, w = ltrb.shape
-    if h < 2 or w < 2:
-        raise ValueError(f"refine_ltrb_reference needs H, W >= 2, got {(h, w)}")
-    boxes = ltrb_box_maps(ltrb, stride, offset)
-    samp = refine_sampling_offsets(ltrb, offsets, stride)
-    rows = torch.arange(h, device=ltrb.device, dtype=dt)[None, :, None]
-    cols = torch.arange(w, device=ltrb.device, dtype=dt)[None, None, :]
-    out = []
-    for k in range(4):  # the four sides
-        py = rows + samp[:, 2 * k]
-        px = cols + samp[:, 2 * k + 1]
-        grid = torch.stack(
-            [2 * px / (w - 1) - 1, 2 * py / (h - 1) - 1], dim=-1
-        )  # (N, H, W, 2) as (x, y)
-        out.append(
-            F.grid_sample(
-                boxes[:, k : k + 1], grid, mode="bilinear", padding_mode="zeros", align_corners=True
-            )[:, 0]
-        )
-    return _boxes_to_ltrb(torch.stack(out, dim=1), stride, offset)

@@ -1,44 +1,18 @@
 """Gradient Harmonizing Mechanism (Li et al., "Gradient Harmonized Single-stage Detector",
-AAAI 2019): GHM-C and GHM-R losses with a bias-corrected, distributed gradient-density EMA.
+AAAI 2019): GHM-C and GHM-R losses.
 
-SPEC 1.9. For each valid element the gradient norm ``g`` (detached) falls into one of
-``bins`` equal bins on [0, 1]; bin ``b`` holds ``count_b`` elements this iteration. Per
-non-empty bin the gradient density is an EMA ``acc_b <- m acc_b + (1 - m) count_b`` and the
-element weight is ``w = tot / acc_b / n`` (``tot`` valid elements, ``n`` non-empty bins);
-the loss is ``L = loss_weight * sum_i w_i loss_i / tot``.
+Each valid element's gradient norm ``g`` (detached) falls into one of ``bins`` equal bins of
+[0, 1] (``clamp(floor(g bins), 0, bins - 1)``); bin ``b`` holds ``count_b`` elements. Per
+non-empty bin the density is a bias-corrected EMA::
 
-Differences from the reference (mmdetection ``GHMC`` / ``GHMR``), all deliberate:
+    acc_b <- m acc_b + (1 - m) count_b,    density_b = acc_b / (1 - m^t_b)     (t_b: updates)
+    w_i   = tot / density_{b(i)} / n        (tot valid elements, n non-empty bins)
+    L     = loss_weight * sum_i w_i loss_i / tot
 
-* **One call per iteration over all FPN levels.** The caller concatenates the levels (and
-  images) and calls the module once; mmdet's RetinaNet head calls the loss once per level,
-  so the "EMA" is updated five times per iteration with five differently distributed
-  level populations, and each level's weights see the other levels' counts.
-* **Bias-corrected EMA.** ``acc_b`` starts at 0; the density used is
-  ``acc_b / (1 - m^t_b)`` with ``t_b`` the number of updates of bin ``b`` (buffer
-  ``updates``), as Adam's moment correction. The first update of a bin therefore equals
-  its raw count; mmdet uses ``acc_b`` itself, which underestimates the density by
-  ``1 - m^t`` (for GHM-C, ``m = 0.75``: weights x4.0, x2.3, x1.7, ... in a bin's first
-  iterations).
-* **Distributed.** In training, when ``torch.distributed`` is initialised with more than
-  one process, the per-bin counts and ``tot`` are all-reduced (sum) before the EMA update,
-  so every process holds the same EMA and computes the same bin weights (mmdet: each GPU
-  has its own EMA). The loss normaliser is then ``tot_global / world_size``, so that
-  DDP's gradient averaging gives exactly the single-process loss of the global batch.
-  (In eval mode nothing is communicated: only some ranks may compute a loss.)
-* **No host synchronisation.** Counts come from ``scatter_add_`` into ``bins + 1`` int64
-  slots (invalid elements go to the extra slot), not from a Python loop with ``.item()``
-  per bin nor ``torch.bincount`` (which reads the max on the host on CUDA). int64 counts
-  stay exact for any element count (float32 counting is exact only up to 2^24 per bin,
-  which a RetinaNet batch exceeds).
-
-Bin edges: bin ``b`` is ``[b / bins, (b + 1) / bins)``, index ``clamp(floor(g bins), 0,
-bins - 1)``; ``g = 1.0`` (a fully wrong saturated logit) goes to the last bin, as mmdet's
-``edges[-1] += 1e-6``. Non-finite ``g`` (NaN logits) is mapped to the last bin so the
-indexing stays in range.
-
-The EMA is updated only in training mode (``self.training``); in eval mode the weights use
-the would-be updated EMA but the buffers are left untouched. ``momentum = 0`` gives plain
-per-iteration counts (mmdet's non-EMA mode). All maths in float32 whatever the input dtype.
+Call once per iteration with all levels and images concatenated. In distributed training the
+counts are all-reduced before the update (every process holds the same EMA) and the normaliser
+is ``tot_global / world_size``. The EMA changes in training mode only; no host synchronisation.
+All maths in float32. See docs/methods/ghm.md.
 """
 
 from __future__ import annotations
@@ -50,17 +24,14 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..utils.checks import check_int, check_range
+from ..utils.tensor_math import world_size
+
 __all__ = ["GHMC", "GHMR"]
 
 
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
 class _GradientDensity(nn.Module):
-    """Shared binning + bias-corrected EMA of the per-bin gradient density.
+    """Binning and bias-corrected EMA of the per-bin gradient density (module docstring).
 
     Buffers:
         acc_sum (bins,) float32: raw (uncorrected) EMA of the per-bin counts, persistent.
@@ -70,12 +41,8 @@ class _GradientDensity(nn.Module):
 
     def __init__(self, bins: int, momentum: float):
         super().__init__()
-        if int(bins) != bins or bins < 1:
-            raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
-        self.bins = int(bins)
-        self.momentum = float(momentum)
+        self.bins = check_int("bins", bins, 1)
+        self.momentum = check_range("momentum", momentum, 0.0, 1.0, high_open=True)
         self.register_buffer("acc_sum", torch.zeros(self.bins))
         self.register_buffer("updates", torch.zeros(self.bins, dtype=torch.long))
         self.register_buffer(
@@ -86,10 +53,8 @@ class _GradientDensity(nn.Module):
         return f"bins={self.bins}, momentum={self.momentum}"
 
     def bin_index(self, g: Tensor) -> Tensor:
-        """``clamp(floor(g * bins), 0, bins - 1)`` as int64 (g = 1.0 -> last bin, NaN / +inf ->
-        last bin, -inf -> bin 0). One new tensor, then in-place passes (a RetinaNet batch has
-        tens of millions of elements); after the clamp the values are >= 0, so the int
-        conversion (truncation) is the floor."""
+        """``clamp(floor(g * bins), 0, bins - 1)`` as int64, same shape as ``g`` (g = 1.0 and
+        NaN / +inf -> last bin, -inf -> bin 0)."""
         top = float(self.bins - 1)
         t = g * float(self.bins)
         t.nan_to_num_(nan=top, posinf=top, neginf=0.0).clamp_(0.0, top)
@@ -122,7 +87,7 @@ class _GradientDensity(nn.Module):
         stats = torch.cat([counts, counts.sum().reshape(1)])  # per-bin counts, tot
         world = 1
         if self.training:
-            world = _world_size()
+            world = world_size()
             if world > 1:
                 dist.all_reduce(stats)  # sum over processes: every rank gets the same EMA
         counts, tot = stats[:bins], stats[bins].float()
@@ -152,12 +117,11 @@ class _GradientDensity(nn.Module):
 
 
 class GHMC(_GradientDensity):
-    """GHM-C classification loss on sigmoid logits (SPEC 1.9).
+    """GHM-C classification loss on sigmoid logits.
 
     ``g = |sigmoid(x) - y|`` (detached), ``L = loss_weight * sum_i w_i BCE(x_i, y_i) / tot``.
     Defaults (the authors' RetinaNet): ``bins = 30``, ``momentum = 0.75``,
-    ``loss_weight = 1.0``. Call once per iteration with all levels and images concatenated.
-    See the module docstring for the EMA, bias correction and distributed behaviour.
+    ``loss_weight = 1.0``. Weights and EMA: module docstring.
     """
 
     def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0):
@@ -197,22 +161,19 @@ class GHMC(_GradientDensity):
 
 
 class GHMR(_GradientDensity):
-    """GHM-R regression loss on the authentic smooth L1 (SPEC 1.9).
+    """GHM-R regression loss on the authentic smooth L1.
 
     ``d = pred - target``, ``ASL1(d) = sqrt(d^2 + mu^2) - mu``, ``g = |d| / sqrt(d^2 + mu^2)``
     (detached, in [0, 1)), ``L = loss_weight * sum_i w_i ASL1(d_i) / tot`` with ``tot`` the
-    number of valid elements (coordinates: 4 per positive, as mmdet's ``bbox_weights``).
-    Defaults (the authors' RetinaNet): ``mu = 0.02``, ``bins = 10``, ``momentum = 0.7``,
-    ``loss_weight = 10.0`` (mmdet multiplies the reduced loss by it, as here).
+    number of valid coordinates (4 per positive). Defaults (the authors' RetinaNet):
+    ``mu = 0.02``, ``bins = 10``, ``momentum = 0.7``, ``loss_weight = 10.0``.
     """
 
     def __init__(
         self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7, loss_weight: float = 10.0
     ):
         super().__init__(bins, momentum)
-        if mu <= 0:
-            raise ValueError(f"mu must be > 0, got {mu!r}")
-        self.mu = float(mu)
+        self.mu = check_range("mu", mu, 0.0, low_open=True)
         self.loss_weight = float(loss_weight)
 
     def extra_repr(self) -> str:

@@ -1,10 +1,10 @@
-"""Hierarchical local ranks (PISA, Cao et al. "Prime Sample Attention in Object Detection").
+"""Hierarchical local ranks of PISA (Cao et al., "Prime Sample Attention in Object Detection",
+CVPR 2020): IoU-HLR for positives, Score-HLR for negatives.
 
-IoU-HLR ranks positives (SPEC 1.5 steps 1-2), Score-HLR ranks negatives (SPEC 1.6 steps 2-3).
-All ranks are computed by stable sorting (never a loop over groups): a lexicographic order is
-built by successive stable sorts from the least to the most significant key, and the rank inside
-a group is the position in that order minus the position where the group starts.
-Ties are always broken by the element index (lower index = better rank).
+Ranks come from stable sorts, never a loop over groups: a lexicographic order is built by
+successive stable sorts from the least to the most significant key, and the rank inside a group
+is the position in that order minus the group's start. Ties go to the lower index.
+See docs/methods/pisa.md.
 """
 from __future__ import annotations
 
@@ -61,17 +61,14 @@ def local_rank(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
 def hierarchical_rank(
     local_ranks: torch.Tensor, values: torch.Tensor, class_ids: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
-    """Hierarchical local rank (SPEC 1.5 step 2): inside each class, order the elements by
-    (local rank ascending, value descending, index ascending) and return the position r_i in
-    that order (0 = best): all local top-1s first sorted by value, then all top-2s, ...
+    """Hierarchical local rank: inside each class, order the elements by (local rank
+    ascending, value descending, index ascending) and return the position r_i in that order
+    (0 = best): all local top-1s first sorted by value, then all top-2s, ...
 
-    ``class_ids=None`` puts every element in one group. This is the Score-HLR of SPEC 1.6
-    step 3: negatives are all background, and mmdet's ScoreHLRSampler sorts the importance key
-    ``(n_valid - local_rank) + s_j`` descending over *all* valid negatives at once; since
-    ``0 < s_j <= 1`` that key is the lexicographic order (local rank asc, score desc), which is
-    what is computed here exactly (no float key, so no tie between ``s = 1`` at rank r+1 and
-    ``s = 0`` at rank r).
+    ``class_ids=None`` puts every element in one group (Score-HLR of the negatives).
 
+    Args:
+        local_ranks: (N,) int64; values: (N,) IoUs or scores; class_ids: (N,) or ``None``.
     Returns:
         long tensor (N,).
     """
@@ -87,15 +84,17 @@ def hierarchical_rank(
 
 
 def iou_hlr_rank(ious: torch.Tensor, gt_ids: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """IoU-HLR of positives (SPEC 1.5 steps 1-2).
+    """IoU-HLR of positives.
 
-    1. IoU-LR: rank by IoU descending inside each GT group (``gt_ids`` must be unique over the
-       whole batch, see :func:`balanced_det.ops.isr.batch_unique_gt_ids`).
+    1. IoU-LR: rank by IoU descending inside each GT group (``gt_ids`` unique over the batch,
+       :func:`balanced_det.ops.isr.unique_gt_ids_from_pairs`).
     2. IoU-HLR: inside each class (``labels``), order by (IoU-LR ascending, IoU descending).
 
+    Args:
+        ious, gt_ids, labels: (P,) each.
     Returns:
-        long tensor (P,) of ranks r_i (0 = most important). Per class the ranks are 0..n_c-1, so
-        ``ranks.max() + 1`` is the largest per-class positive count (n_max of SPEC 1.5 step 3).
+        long tensor (P,) of ranks r_i (0 = most important). Per class the ranks are
+        0..n_c - 1, so ``ranks.max() + 1`` is the largest per-class positive count ``n_max``.
     """
     lr = local_rank(ious, gt_ids)
     return hierarchical_rank(lr, ious, labels)
@@ -113,24 +112,17 @@ def nms_cluster_local_rank(
     labels: Optional[torch.Tensor] = None,
     iou_threshold: float = 0.5,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Greedy NMS clustering and the local rank inside each cluster (SPEC 1.6 step 2).
+    """Greedy NMS clustering and the local rank inside each cluster.
 
-    Leaders are the boxes kept by greedy NMS in score order with suppression at IoU >= t
-    (default t = 0.5). Each other box joins the highest-scoring leader it overlaps with
-    IoU >= t, which is exactly the leader that suppressed it in greedy NMS (mmcv's ``nms_match``
-    used by mmdet's ScoreHLRSampler). The local rank is the position inside the cluster by score
-    descending, the leader always 0, ties by index.
+    Leaders are the boxes kept by greedy NMS in score order, suppressing at IoU >= t. Each
+    other box joins the highest-scoring leader it overlaps with IoU >= t (the leader that
+    suppressed it). The local rank is the position inside the cluster by score descending, the
+    leader 0, ties by index. ``labels=None`` clusters class-agnostically; with labels, boxes of
+    different labels never interact. Tensor code: NMS plus an IoU matrix between the suppressed
+    boxes and the leaders (at most N^2 / 4 entries).
 
-    ``labels=None`` (default) clusters class-agnostically, as the reference does (``nms_match``
-    takes boxes and scores only, the boxes being decoded with their argmax class). With labels,
-    boxes of different labels never interact (``batched_nms`` and a same-label mask).
-
-    Tensor code only: ``nms``/``batched_nms`` (one host sync for its data-dependent output) and
-    an IoU matrix between the S suppressed boxes and the L leaders (one more sync for S):
-    S x L float32 with S + L = N, so at most N^2 / 4 (2000 boxes -> at most 4 MB). If float
-    rounding leaves a suppressed box without a leader at IoU >= t, it forms its own cluster
-    (local rank 0).
-
+    Args:
+        boxes: (N, 4) XYXY; scores: (N,); labels: (N,) or ``None``; iou_threshold: t (0.5).
     Returns:
         (local_ranks (N,) long, leader (N,) long: index of the box leading its cluster).
     """

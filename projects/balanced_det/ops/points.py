@@ -1,4 +1,4 @@
-"""Point grids and FCOS-style point-to-box assignment (pure tensor functions)."""
+"""Point grids and FCOS-style point-to-box assignment. See docs/methods/fcos.md."""
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -32,7 +32,8 @@ def grid_points(
 
 
 def point_box_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
-    """Distances (R, G, 4) from each point to the left, top, right, bottom sides of each box."""
+    """Distances (R, G, 4) ``(x - x1, y - y1, x2 - x, y2 - y)`` from each point (R, 2) to the
+    left, top, right, bottom sides of each box (G, 4) XYXY."""
     x, y = points[:, 0, None], points[:, 1, None]
     return torch.stack(
         [x - boxes[None, :, 0], y - boxes[None, :, 1], boxes[None, :, 2] - x, boxes[None, :, 3] - y],
@@ -42,7 +43,13 @@ def point_box_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
 
 def fcos_scale_ranges(strides: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
     """FCOS regression ranges per point: ``(4 s, 8 s)``, open below on the first level and
-    above on the last (P3-P7: 0-64, 64-128, 128-256, 256-512, 512-inf)."""
+    above on the last (P3-P7: 0-64, 64-128, 128-256, 256-512, 512-inf).
+
+    Args:
+        strides: (R,) stride of each point; counts: points per level.
+    Returns:
+        ``(lower, upper)``, each (R,).
+    """
     lower = strides * 4
     upper = strides * 8
     lower[: counts[0]] = 0
@@ -60,10 +67,13 @@ def fcos_assign(
 ) -> torch.Tensor:
     """FCOS assignment (as detectron2's FCOS): a point is positive for a box if it lies inside
     the box, within ``radius * stride`` of its centre (Chebyshev distance), and the largest of
-    its four distances is inside the level's range; among several boxes the smallest area wins.
+    its four distances is inside the level's range ``(lower, upper)``; among several boxes the
+    smallest area wins.
 
-    Returns the matched box index per point (R,), ``-1`` for background. Loop-free over boxes
-    and points; safe with zero boxes.
+    Args:
+        points: (R, 2); strides, lower, upper: (R,); gt_boxes: (G, 4) XYXY.
+    Returns:
+        (R,) int64 matched box index, ``-1`` for background (all -1 with zero boxes).
     """
     R = points.shape[0]
     if gt_boxes.shape[0] == 0:

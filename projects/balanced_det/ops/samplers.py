@@ -1,19 +1,11 @@
-"""Index selection of the sampling methods: random, instance-balanced positives and IoU-balanced
-negatives (Libra R-CNN, SPEC 1.3-1.4), OHEM top-k (SPEC 1.2).
+"""Index selection of the ROI samplers: random, instance-balanced positives and IoU-balanced
+negatives (Libra R-CNN), OHEM top-k.
 
-Every multi-stage rule ("take up to q per group, then fill uniformly from the rest") is turned
-into one priority key per candidate — ``tier + uniform random`` — and a single ``topk``: higher
-tiers are taken first, uniformly at random inside a tier, never twice. "Up to q per group,
-uniformly" is "the first q of the group in a uniformly random order": the candidates are put in
-a random order once (``randperm``) and the rank of each inside its group is a count -- a
-cumulative sum over a one-hot of the group when there are few groups (the IoU bins), one stable
-sort by group id otherwise (the GTs). Each stage draws fresh randomness, so that a later stage is
-uniform over what an earlier stage left. Candidate counts stay tensors (no host sync).
-Randomness comes from ``torch.randperm`` / ``torch.rand`` with the optional ``generator`` (on the
-inputs' device).
-
-Speed (CPU, see ``benchmarks/bench_two_stage.py``): a few hundred to a few thousand candidates,
-so each sampler is ~15-25 small tensor ops; per-op overhead, not arithmetic, sets its time.
+A rule "up to q per group, then fill uniformly from the rest" becomes one priority key per
+candidate, ``tier + uniform random``, and a single ``topk``: higher tiers first, uniformly at
+random inside a tier, never twice. Candidate counts stay tensors. Randomness comes from
+``torch.randperm`` / ``torch.rand`` with the optional ``generator`` (on the inputs' device).
+See docs/methods/libra.md and docs/methods/ohem.md.
 """
 from __future__ import annotations
 
@@ -21,6 +13,8 @@ from typing import Optional
 
 import torch
 from torchvision.ops import batched_nms
+
+from ..utils.checks import check_int, check_range
 
 
 __all__ = ["random_choice", "instance_balanced_pos_sample", "iou_balanced_neg_sample", "ohem_topk"]
@@ -36,9 +30,8 @@ def random_choice(
 ) -> torch.Tensor:
     """Uniformly random subset of ``min(num_expected, mask.sum())`` of the True positions.
 
-    Top-k over random keys with unavailable positions masked, then one final boolean selection
-    (a host sync: the output size is data-dependent).
-
+    Args:
+        mask: (N,) bool, the available positions.
     Returns:
         long tensor of indices into ``mask``, no duplicates, in random order.
     """
@@ -55,19 +48,18 @@ def random_choice(
 def instance_balanced_pos_sample(
     gt_ids: torch.Tensor, num_expected: int, generator: Optional[torch.Generator] = None
 ) -> torch.Tensor:
-    """Instance-balanced positive sampling (Libra R-CNN, SPEC 1.4).
+    """Instance-balanced positive sampling (Libra R-CNN).
 
     Candidates are the P_c positives, ``gt_ids`` their matched GT. If P_c <= P (= num_expected)
     all are returned. Otherwise, with G the number of distinct GTs among the candidates:
-      1. per GT at most ``cap = round(P / G) + 1`` candidates (round half to even, as Python's
-         ``round`` in mmdet), chosen uniformly inside the GT;
+      1. per GT at most ``cap = round(P / G) + 1`` candidates (round half to even), chosen
+         uniformly inside the GT;
       2. if that gives fewer than P, fill uniformly from the unselected candidates;
          if more, keep a uniform random subset of P of them.
-    No duplicates (mmdet's set-of-tensors difference can duplicate indices; not here).
-    Vectorised: one random permutation, one stable sort by GT id (groups contiguous, random
-    order inside), ranks from the group starts (``searchsorted``), one ``topk`` over
-    ``tier + random``; no host sync, the output size is static.
+    No duplicates.
 
+    Args:
+        gt_ids: (P_c,) matched GT of each candidate.
     Returns:
         long tensor (min(P, P_c),) of indices into the candidates.
     """
@@ -96,7 +88,7 @@ def iou_balanced_neg_sample(
     num_bins: int = 3,
     generator: Optional[torch.Generator] = None,
 ) -> torch.Tensor:
-    """IoU-balanced negative sampling (Libra R-CNN, SPEC 1.3).
+    """IoU-balanced negative sampling (Libra R-CNN).
 
     ``max_ious`` (N,) are the max IoUs with any GT of the N negative candidates. If
     N <= num_expected all are returned. Otherwise:
@@ -112,27 +104,14 @@ def iou_balanced_neg_sample(
     * the remainder of num_expected from F uniformly; any still missing from all the unselected
       negatives uniformly.
 
-    Two mmdet behaviours are deliberately NOT reproduced: (1) mmdet rewrites ``floor_thr`` from
-    -1 to 0 on its first call (state), after which IoU = 0 negatives only serve as filler;
-    here arguments never change. (2) mmdet splits [floor, max IoU over all proposals incl. the
-    appended GTs = 1.0], so the top bin of the negatives (IoU < 0.5) is always empty; here hi
-    is the max IoU among the negatives.
-
-    Vectorised, no host sync: one random permutation, the rank of each negative inside its bin
-    by a cumulative count (one-hot over the K + 1 groups: the bins and F), one ``topk`` over
-    ``tier + random`` (tiers: quota, fill, F, rest of S). With ``floor_fraction > 0``
-    (n_iou < num_expected) the fill tier is the ``room`` largest fresh keys among the rest of S,
-    found by one more ``topk`` (k = n_iou, static).
+    Stateless; the bins span the IoUs of the negatives only (two differences from mmdet's
+    sampler, see docs/methods/libra.md).
 
     Returns:
         long tensor (min(num_expected, N),) of indices into the negatives, no duplicates.
     """
-    if num_bins < 1:
-        raise ValueError(f"iou_balanced_neg_sample: num_bins must be >= 1, got {num_bins}")
-    if not 0.0 <= floor_fraction <= 1.0:
-        raise ValueError(
-            f"iou_balanced_neg_sample: floor_fraction must be in [0, 1], got {floor_fraction}"
-        )
+    check_int("num_bins", num_bins, 1)
+    check_range("floor_fraction", floor_fraction, 0.0, 1.0)
     n = max_ious.numel()
     device = max_ious.device
     k = min(int(num_expected), n)
@@ -188,18 +167,19 @@ def ohem_topk(
     nms_boxes: Optional[torch.Tensor] = None,
     nms_thresh: Optional[float] = None,
 ) -> torch.Tensor:
-    """Online hard example mining (SPEC 1.2): indices of the ``num_pos`` largest losses among the
-    positives and the ``num_neg`` largest among the negatives (mmdet: 128 / 384 of 512).
+    """Online hard example mining: indices of the ``num_pos`` largest losses among the
+    positives and the ``num_neg`` largest among the negatives.
 
-    ``nms_thresh=None`` (default, as mmdet): no de-duplication. With ``nms_boxes`` (N, 4) and a
-    threshold (the paper's 0.7), greedy NMS with the loss as score runs first — separately for
-    positives and negatives (``batched_nms``), so a hard positive never suppresses a negative —
-    and the top-k are taken among the kept boxes.
+    ``nms_thresh=None`` (default): no de-duplication. With ``nms_boxes`` and a threshold (the
+    paper's 0.7), greedy NMS with the loss as score runs first, separately for positives and
+    negatives, and the top-k are taken among the kept boxes.
 
+    Args:
+        losses: (N,) per-candidate classification loss; is_positive: (N,) bool.
+        nms_boxes: (N, 4) XYXY, needed with ``nms_thresh``.
     Returns:
         long tensor: positives' indices (loss descending), then negatives'; at most
-        ``num_pos + num_neg``. One final boolean selection (host sync: data-dependent size), and
-        one inside NMS when it is used.
+        ``num_pos + num_neg``.
     """
     n = losses.numel()
     device = losses.device

@@ -29,6 +29,7 @@ from detectron2.modeling import BACKBONE_REGISTRY, Backbone
 from detectron2.modeling.backbone.fpn import FPN, LastLevelMaxPool, LastLevelP6P7
 
 from ...compat import torch_load
+from ...utils.checks import check_choice
 
 __all__ = [
     "EfficientNetLite0",
@@ -184,11 +185,10 @@ class EfficientNetLite0(_Lite0Trunk, Backbone):
         valid = ("stem",) + tuple(_FEATURES)
         unknown = [f for f in out_features if f not in valid]
         if unknown or not out_features:
-            raise ValueError(f"out_features {list(out_features)}: valid names are {valid}")
-        if not 0 <= freeze_at <= len(_STAGES) + 1:
-            raise ValueError(f"freeze_at must be in [0, {len(_STAGES) + 1}], got {freeze_at}")
-        if norm not in ("FrozenBN", "BN", "SyncBN"):
-            raise ValueError(f"norm must be 'FrozenBN', 'BN' or 'SyncBN', got {norm!r}")
+            raise ValueError(f"out_features={list(out_features)!r} is not valid; expected names "
+                             f"among {valid}")
+        check_choice("freeze_at", freeze_at, range(len(_STAGES) + 2))
+        check_choice("norm", norm, ("FrozenBN", "BN", "SyncBN"))
         self._out_features = list(out_features)
         shapes = {"stem": (-1, 2, 32), **_FEATURES}
         self._out_feature_strides = {f: shapes[f][1] for f in self._out_features}
@@ -262,10 +262,9 @@ def build_efficientnet_lite0_fpn(cfg=None, input_shape=None, *, out_channels: in
         top: Optional[nn.Module] = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
     elif top_block == "maxpool":
         top = LastLevelMaxPool()
-    elif top_block == "none":
-        top = None
     else:
-        raise ValueError(f"top_block must be 'p6p7', 'maxpool' or 'none', got {top_block!r}")
+        check_choice("top_block", top_block, ("p6p7", "maxpool", "none"))
+        top = None
     fpn = FPN(bottom_up=bottom_up, in_features=["c3", "c4", "c5"], out_channels=out_channels,
               norm=norm, top_block=top, fuse_type=fuse_type)
     if channels_last:

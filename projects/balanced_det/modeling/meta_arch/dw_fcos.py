@@ -1,53 +1,16 @@
 """DW-FCOS: an FCOS-style dense detector trained with Dual Weighting (Li et al., "A Dual
-Weighting Label Assignment Scheme for Object Detection", CVPR 2022; SPEC 4).
-
-The head is :class:`~balanced_det.modeling.dense_heads.FCOSStyleHead` (GN towers) with
-
-* classification logits (C), bias from prior 0.02,
-* box distances ``ltrb = relu(Scale_l(x)) * stride``, regression conv bias 4.0,
-* an objectness branch (the head's ``quality`` conv on the box tower, 1 channel) with no target
-  of its own: it is trained only through the joint score ``s = sigmoid(cls) * sigmoid(obj)``,
-* optionally (``FCOSStyleHead(box_refine=True)``) an 8-channel offset conv on the box tower for
-  box refinement: each side of the coarse box map is re-sampled near its edge
-  (:func:`balanced_det.ops.refine_ltrb`, ``torchvision.ops.deform_conv2d``).
-
-Every point strictly inside a GT box, on every level, is a candidate of that GT (no scale
-ranges, no centre sampling); each candidate gets a positive weight (consistency of ``s`` and
-the box quality ``exp(-5 GIoU_loss)``, times a fixed Gaussian centre prior, sigma 1.11) and
-every (point, class) a negative weight (1 except for candidates whose predicted box has IoU >=
-0.5 with the GT), see :mod:`balanced_det.ops.dw` for the formulas. Losses
-(``loss_cls_pos``, ``loss_loc``, ``loss_cls_neg``) are normalised by the number of GTs and by
-``sum(1 - P_neg)``, both **averaged over processes** in distributed training (the reference's
-``reduce_mean``) and clamped so that the global sums are >= 1, so that DDP's gradient
-averaging yields exactly the single-process loss of the global batch.
-
-Box refinement, read from the reference (strongwolf/DW ``DWHead.forward_single``): the refined
-distances *replace* the coarse ones everywhere (DW weights, losses and inference); the coarse
-boxes get no loss of their own and are trained through the refinement (deform_conv2d passes
-gradients to both the sampled values and the sampling positions).
-
-Inference (reference test config): score ``sigmoid(cls) * sigmoid(obj)`` (no square root),
-threshold 0.05, 1000 candidates per level, class-wise NMS 0.6, 100 detections.
-
-Memory and speed: the DW weights are computed only on the (point, GT) pairs where the point
-lies inside the box (one ``nonzero`` per image, its only host sync), not on dense (P, G)
-matrices; with more than ``gt_chunk_size`` GTs in an image the pairs are found chunk by chunk
-(transient memory O(P x gt_chunk_size), kept for backward O(pairs); the localisation term of
-each chunk is then recomputed in backward). The default 256 covers every COCO image in one
-chunk. See :mod:`balanced_det.ops.dw`. The loop over GTs of the reference is gone: the only
-Python loops are over the images of the batch and the pyramid levels.
-
-Differences from the reference (all deliberate, see :mod:`balanced_det.ops.dw`): a point in
-the bags of two GTs of the same class takes the minimum negative weight (the reference: the
-last GT written); detectron2's FPN (ReLU before P7 only; mmdet's ``relu_before_extra_convs``
-also puts one before P6) and detectron2's points at cell centres (as the reference).
+Weighting Label Assignment Scheme for Object Detection", CVPR 2022), optionally with box
+refinement. The maths is :mod:`balanced_det.ops.dw` and :mod:`balanced_det.ops.box_refine`;
+the reading of the reference code (what is a candidate, the weights, the normalisers averaged
+over processes, refinement replacing the coarse boxes, inference) and the deliberate
+differences are on docs/methods/dw.md. The only Python loops are over the images of a batch
+and the pyramid levels.
 """
 from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -56,25 +19,12 @@ from detectron2.structures import ImageList, Instances
 
 from ...ops.box_refine import refine_ltrb
 from ...ops.dw import dw_image_terms, dw_losses
+from ...utils.checks import check_int, check_range
 from ...utils.events import put_tensor_scalars
-from .fcos import DensePointDetector, check_range, decode_ltrb, flatten_levels
+from ...utils.tensor_math import reduce_mean, world_size
+from .fcos import DensePointDetector, decode_ltrb, flatten_levels
 
-__all__ = ["DWFCOS", "reduce_mean"]
-
-
-def _world_size() -> int:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size()
-    return 1
-
-
-def reduce_mean(t: Tensor) -> Tensor:
-    """Mean over processes (sum all-reduce / world size); identity without distributed."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return t
-    t = t.clone()
-    dist.all_reduce(t)
-    return t / dist.get_world_size()
+__all__ = ["DWFCOS"]
 
 
 class DWFCOS(DensePointDetector):
@@ -124,11 +74,8 @@ class DWFCOS(DensePointDetector):
                                               low_open=True)
         self.pos_loss_weight = check_range("pos_loss_weight", pos_loss_weight, 0.0,
                                            low_open=True)
-        if gt_chunk_size is not None and (int(gt_chunk_size) != gt_chunk_size
-                                          or gt_chunk_size < 1):
-            raise ValueError(
-                f"gt_chunk_size must be an integer >= 1 or None, got {gt_chunk_size!r}")
-        self.gt_chunk_size = None if gt_chunk_size is None else int(gt_chunk_size)
+        self.gt_chunk_size = (None if gt_chunk_size is None
+                              else check_int("gt_chunk_size", gt_chunk_size, 1))
 
     # ------------------------------------------------------------------ boxes and scores
     def box_distances(self, predictions: Dict[str, List[Tensor]], strides: Tensor) -> Tensor:
@@ -183,4 +130,4 @@ class DWFCOS(DensePointDetector):
             dw_neg_weight_deficit=local[1],  # sum(1 - P_neg): the negative normaliser
         )
         return dw_losses(terms, num_gt=num_gt, neg_norm=neg_norm,
-                         pos_loss_weight=self.pos_loss_weight, min_norm=1.0 / _world_size())
+                         pos_loss_weight=self.pos_loss_weight, min_norm=1.0 / world_size())

@@ -1,81 +1,87 @@
 """Generalized R-CNN that initialises its Sampling-Free parts from dataset statistics."""
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
+from ...stats import (
+    AnchorCache,
+    DatasetStatsPart,
+    anchor_generator_key,
+    count_matched_anchors,
+    matcher_key,
+)
 
-from ...stats import DatasetStatsUser
-from ..rpn import anchor_generator_key
-
-__all__ = ["BalancedRCNN"]
+__all__ = ["BalancedRCNN", "InitialProposalStats"]
 
 
 @META_ARCH_REGISTRY.register()
-class BalancedRCNN(GeneralizedRCNN, DatasetStatsUser):
-    """detectron2's ``GeneralizedRCNN`` (same constructor, same forward) that implements
-    :class:`balanced_det.stats.DatasetStatsUser` for its parts that need statistics:
+class BalancedRCNN(GeneralizedRCNN):
+    """detectron2's ``GeneralizedRCNN`` (same constructor, same forward) whose parts that use
+    dataset statistics (:class:`~balanced_det.stats.DatasetStatsPart`) are listed by
+    :meth:`dataset_stats_parts`: ``"rpn"`` (a ``BalancedRPN`` with ``prior_init``) and
+    ``"roi_heads"`` (a ``BalancedROIHeads`` whose predictor uses them, counted by
+    :class:`InitialProposalStats` from the RPN's anchors)."""
 
-    * ``"rpn"``: a :class:`~balanced_det.modeling.rpn.BalancedRPN` with ``prior_init``: N_f / N
-      of the anchors under the RPN's ``anchor_matcher`` -> sigmoid objectness bias.
-    * ``"roi_heads"``: a :class:`~balanced_det.modeling.roi_heads.BalancedROIHeads` whose
-      predictor has ``prior_init`` or ``class_adaptive_thresholds``: N_f / N of the initial
-      proposals under the head's ``proposal_matcher`` (read from the RPN's anchors and
-      training post-NMS top-k, see ``BalancedROIHeads.dataset_stats_counter``) -> softmax
-      background bias and, with the class counts N_j, per-class score thresholds.
+    def dataset_stats_parts(self) -> Dict[str, DatasetStatsPart]:
+        parts: Dict[str, DatasetStatsPart] = {}
+        rpn, roi = self.proposal_generator, self.roi_heads
+        if isinstance(rpn, DatasetStatsPart):
+            parts["rpn"] = rpn
+        if getattr(roi, "needs_dataset_stats", False):
+            if rpn is None or not hasattr(rpn, "anchor_generator"):
+                raise ValueError(
+                    "the ROI head's Sampling-Free statistics read the initial proposals from an "
+                    "anchor-based RPN; this model has no such proposal generator")
+            parts["roi_heads"] = InitialProposalStats(roi, rpn)
+        return parts
 
-    Both counters share one anchor cache per image size. A model with neither part needing
-    statistics returns ``{}`` counters (``prepare_model_with_dataset_stats`` then skips it).
+
+class InitialProposalStats(DatasetStatsPart):
+    """N_f / N of a ROI head's samples at the start of training (our reading; the paper gives
+    none for the ROI head): the proposals of the untrained RPN are about a random subset of
+    its anchors, plus the GT boxes detectron2 appends. Per image, with A anchors of which
+    ``A_f`` are foreground and ``A_v`` not ignored under the head's ``proposal_matcher``,
+    ``K = min(post_nms_topk[train], A)`` and G appended GTs::
+
+        N_f = round(K A_f / A) + G,     N = round(K A_v / A) + G
     """
 
-    def _stats_parts(self):
-        rpn = self.proposal_generator
-        roi = self.roi_heads
-        use_rpn = bool(getattr(rpn, "needs_dataset_stats", False))
-        use_roi = bool(getattr(roi, "needs_dataset_stats", False))
-        if use_roi and (rpn is None or not hasattr(rpn, "anchor_generator")):
-            raise ValueError(
-                "the ROI head's Sampling-Free statistics read the initial proposals from an "
-                "anchor-based RPN; this model has no such proposal generator")
-        return rpn, roi, use_rpn, use_roi
+    def __init__(self, roi_heads, rpn):
+        self.roi_heads = roi_heads
+        self.rpn = rpn
+        self.num_proposals = int(rpn.post_nms_topk[True])
 
-    def _num_initial_proposals(self) -> int:
-        return int(self.proposal_generator.post_nms_topk[True])
+    @property
+    def needs_dataset_stats(self) -> bool:
+        return True
 
-    def dataset_stats_counters(self) -> Dict[str, Any]:
-        rpn, roi, use_rpn, use_roi = self._stats_parts()
-        counters = {}
-        if not (use_rpn or use_roi):
-            return counters
-        anchors_fn = _anchors_fn(rpn)
-        if use_rpn:
-            counters["rpn"] = rpn.dataset_stats_counter(anchors_fn)
-        if use_roi:
-            counters["roi_heads"] = roi.dataset_stats_counter(anchors_fn,
-                                                              self._num_initial_proposals())
-        return counters
+    def dataset_stats_counter(self):
+        matcher = self.roi_heads.proposal_matcher
+        append = bool(self.roi_heads.proposal_append_gt)
+        anchors_of = AnchorCache(self.rpn.anchor_generator)
+        num_proposals = self.num_proposals
+
+        def counter(image_size, gt_boxes, gt_classes):
+            anchors = anchors_of(image_size)
+            a = len(anchors)
+            k = min(num_proposals, a)
+            fg, valid = count_matched_anchors(anchors, matcher, gt_boxes)
+            extra = int(gt_boxes.shape[0]) if append else 0
+            if a == 0:
+                return extra, extra
+            return int(round(k * fg / a)) + extra, int(round(k * valid / a)) + extra
+
+        return counter
 
     def dataset_stats_key(self) -> Dict[str, Any]:
-        rpn, roi, use_rpn, use_roi = self._stats_parts()
-        key: Dict[str, Any] = {}
-        if use_rpn:
-            key["rpn"] = rpn.dataset_stats_key()
-        if use_roi:
-            key["roi_heads"] = roi.dataset_stats_key(anchor_generator_key(rpn.anchor_generator),
-                                                     self._num_initial_proposals())
-        return key
+        return {
+            "reading": "roi_heads: anchors as initial proposals (v1)",
+            "anchors": anchor_generator_key(self.rpn.anchor_generator),
+            "num_proposals": self.num_proposals,
+            "proposal_append_gt": bool(self.roi_heads.proposal_append_gt),
+            "matcher": matcher_key(self.roi_heads.proposal_matcher),
+        }
 
-    def apply_dataset_stats(self, stats) -> None:
-        rpn, roi, use_rpn, use_roi = self._stats_parts()
-        if use_rpn:
-            rpn.apply_dataset_stats(stats["rpn"].fg_fraction)
-        if use_roi:
-            roi.apply_dataset_stats(stats["roi_heads"].fg_fraction, stats.class_counts)
-
-
-def _anchors_fn(rpn):
-    if hasattr(rpn, "anchors_fn"):
-        return rpn.anchors_fn()
-    from ..rpn import BalancedRPN
-
-    return BalancedRPN.anchors_fn(rpn)  # any detectron2 RPN with an anchor generator
+    def apply_dataset_stats(self, fg_fraction: float, class_counts: Sequence[int]) -> None:
+        self.roi_heads.apply_dataset_stats(fg_fraction, class_counts)

@@ -1,4 +1,4 @@
-"""Balanced Feature Pyramid (Libra R-CNN, Pang et al., CVPR 2019; SPEC section 2).
+"""Balanced Feature Pyramid (Libra R-CNN, Pang et al., CVPR 2019; docs/methods/libra.md).
 
 Given the pyramid {P_l} of an FPN (any detectron2 Backbone with same-channel outputs):
 
@@ -31,6 +31,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import Backbone
 
 from ...compat import padding_constraints
+from ...utils.checks import check_choice
 
 __all__ = ["BalancedFPN", "NonLocal2d"]
 
@@ -82,19 +83,16 @@ class BalancedFPN(Backbone):
         channels = {shapes[k].channels for k in self._names}
         if len(channels) != 1:
             raise ValueError(f"BalancedFPN needs same-channel levels, got {sorted(channels)}")
-        if not 0 <= refine_level < len(self._names):
-            raise ValueError(
-                f"refine_level={refine_level} out of range for levels {self._names}")
+        check_choice("refine_level", refine_level, range(len(self._names)))
+        check_choice("refine_type", refine_type, ("non_local", "conv", "none"))
         c = channels.pop()
         self.refine_level = refine_level
         if refine_type == "non_local":
             self.refine: nn.Module = NonLocal2d(c, inner_channels)
         elif refine_type == "conv":
             self.refine = nn.Conv2d(c, c, 3, padding=1)
-        elif refine_type == "none":
-            self.refine = nn.Identity()
         else:
-            raise ValueError(f"refine_type must be 'non_local', 'conv' or 'none', got {refine_type!r}")
+            self.refine = nn.Identity()
         self._out_features = list(self._names)
         self._out_feature_strides = {k: shapes[k].stride for k in self._names}
         self._out_feature_channels = {k: shapes[k].channels for k in self._names}
