@@ -16,7 +16,7 @@ Rows:
    negative weights normalised on the GT's bag with boolean indexing as the reference,
    strongwolf/DW) -- target >= 5x faster -- and a loop that first compacts each GT's bag
    (``nonzero``) and computes on those points only. Also the dense (P, G) form built from the
-   dense reference forms of tests/dw_dense_reference.py (``dw_candidate_bag``, ``dw_center_prior``, ...; what
+   dense reference forms of tests/ops/dw_dense_reference.py (``dw_candidate_bag``, ``dw_center_prior``, ...; what
    ``dw_image_terms`` computed before the bag-pair version), for comparison.
 2. The DW loss of the batch, forward + backward: the library (``dw_image_terms`` +
    ``dw_losses``, as ``DWFCOS.losses``) against the same per-GT loop with autograd (information
@@ -58,7 +58,7 @@ from balanced_det.config import load_config  # noqa: E402
 from balanced_det.ops import GHMC, GHMR  # noqa: E402
 from balanced_det.ops.dw import dw_image_weights  # noqa: E402
 
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "ops"))
 from dw_dense_reference import (  # noqa: E402  (the dense (P, G) reference forms)
     dw_candidate_bag,
     dw_center_prior,
@@ -306,7 +306,7 @@ def bench_dw(args, device) -> List[Dict]:
              target=5.0),
         dict(name="DW weights (same)", ours=t_ours, ref=t_loop,
              ref_name="per-GT loop over bag points", kind="speedup", target=None),
-        dict(name="DW weights: dense (P, G) form (dense reference forms of tests/dw_dense_reference.py; the previous "
+        dict(name="DW weights: dense (P, G) form (dense reference forms of tests/ops/dw_dense_reference.py; the previous "
              "dw_image_terms), for comparison", ours=t_dense, ref=t_cols,
              ref_name="per-GT loop over all points", kind="speedup", target=None),
         dict(name="DW loss forward + backward: ops.dw.dw_image_terms + dw_losses", ours=t_vl,

@@ -5,6 +5,8 @@ import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "projects"))
+if ROOT not in sys.path:  # the tools package (tools.compare, tools.analysis)
+    sys.path.append(ROOT)
 # Converted/generated data of a test session goes to its own cache, created from scratch.
 _CACHE = tempfile.mkdtemp(prefix="balanced_det_test_cache_")
 os.environ["BALANCED_DET_CACHE"] = _CACHE
@@ -41,3 +43,33 @@ def rel(path):
 @pytest.fixture(scope="session")
 def root_dir():
     return ROOT
+
+
+# Tiny models (random features, a few channels) for unit tests of the hosts and plug-ins: each
+# fixture is the builder, called with the options under test.
+@pytest.fixture
+def tiny_retinanet():
+    from helpers_dense import tiny_retinanet as build
+
+    return build
+
+
+@pytest.fixture
+def tiny_fcos():
+    from helpers_dense import tiny_fcos as build
+
+    return build
+
+
+@pytest.fixture
+def tiny_roi_heads():
+    from helpers_two_stage import balanced_roi_heads as build
+
+    return build
+
+
+@pytest.fixture
+def tiny_rpn():
+    from helpers_two_stage import balanced_rpn as build
+
+    return build

@@ -113,11 +113,11 @@ def test_class_score_thresholds_from_stats():
         t.set_from_stats(0.2, [1, 3])
 
 
-def test_rpn_random_sampler_equals_detectron2_rpn():
+def test_rpn_random_sampler_equals_detectron2_rpn(tiny_rpn):
     from detectron2.modeling.proposal_generator import RPN
 
     _, targets = H.crafted_batch()
-    ours = H.balanced_rpn(sampler="random")
+    ours = tiny_rpn(sampler="random")
     theirs = RPN(**H.rpn_parts())
     anchors = ours.anchor_generator([H.features()["p3"]])
     torch.manual_seed(3)
@@ -143,9 +143,9 @@ class HardestIoUNegSampler(Sampler):
         return picks
 
 
-def test_a_user_defined_sampler_plugs_into_the_roi_head():
-    torch.manual_seed(0)
-    heads = BalancedROIHeads(sampler=HardestIoUNegSampler(), **H.roi_parts())
+def test_a_user_defined_sampler_plugs_into_the_roi_head(tiny_roi_heads):
+    heads = tiny_roi_heads()
+    heads.sampler = HardestIoUNegSampler()
     proposals, targets = H.crafted_batch()
     heads.train()
     with EventStorage(0):

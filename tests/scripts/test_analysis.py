@@ -18,12 +18,10 @@ from detectron2.utils.events import EventStorage
 from conftest import ROOT
 from helpers import tiny_cfg
 
-if ROOT not in sys.path:  # the tools package (``python -m pytest`` from the root has it)
-    sys.path.insert(0, ROOT)
 
-from tools import compare as C  # noqa: E402
-from tools.analysis import curves, dw, runs, samplers, sampling_free  # noqa: E402
-from tools.analysis.__main__ import main  # noqa: E402
+from tools import compare as C
+from tools.analysis import curves, dw, runs, samplers, sampling_free
+from tools.analysis.__main__ import main
 
 SYN = os.path.join(ROOT, "configs", "Synthetic")
 FRCNN = os.path.join(SYN, "faster_rcnn_effnet_lite0_FPN.py")

@@ -6,16 +6,13 @@ import csv
 import json
 import math
 import os
-import sys
 
 import pytest
 
 from conftest import ROOT
 
-if ROOT not in sys.path:  # the tools package (``python -m pytest`` from the root has it)
-    sys.path.insert(0, ROOT)
 
-from tools import compare as C  # noqa: E402
+from tools import compare as C
 
 BASE = "configs/Synthetic/retinanet_effnet_lite0_FPN.py"
 GHM = "configs/Synthetic/ghm_retinanet_effnet_lite0_FPN.py"

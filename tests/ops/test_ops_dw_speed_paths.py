@@ -1,5 +1,5 @@
 """balanced_det.ops.dw: the bag-pair computation of ``dw_image_terms`` / ``dw_image_weights``
-equals the dense (P, G) form of tests/dw_dense_reference.py (values and gradients), for every
+equals the dense (P, G) form of tests/ops/dw_dense_reference.py (values and gradients), for every
 GT chunking, zero GTs, empty bags and crowded images."""
 
 import pytest
