@@ -9,8 +9,6 @@ import os
 
 import pytest
 
-from conftest import ROOT
-
 
 from tools import compare as C
 
