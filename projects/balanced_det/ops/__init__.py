@@ -8,7 +8,7 @@ from .boxes import aligned_iou, encode_box_deltas
 from .carl import carl_loss, carl_weights
 from .dw import DWImageTerms, DWImageWeights, dw_image_terms, dw_image_weights, dw_losses
 from .ghm import GHMC, GHMR
-from .hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
+from .hlr import hierarchical_rank, iou_hlr_rank, lexsort, local_rank, nms_cluster_local_rank
 from .isr import (
     isr_n_select,
     isr_p_weights,
