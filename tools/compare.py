@@ -174,26 +174,29 @@ def config_max_iter(config: str) -> int:
 
 
 def read_ap_curve(run_dir: str) -> Dict[int, float]:
-    """``{iteration: box AP}`` of every evaluation of a run: ``eval_history.json``, else the
-    ``bbox/AP`` rows of ``metrics.json`` (runs from before the history was kept)."""
+    """``{iterations done: box AP}`` of every evaluation of a run: ``eval_history.json``, else
+    the ``bbox/AP`` rows of ``metrics.json`` (runs from before the history was kept; there
+    detectron2 logs the 0-based iteration of a periodic evaluation and ``max_iter`` for the
+    final one, so the count is capped at the last training row + 1)."""
     path = os.path.join(run_dir, EVAL_HISTORY)
     if os.path.exists(path):
         with open(path) as f:
             return {int(h["iteration"]): float(h["bbox"]["AP"]) for h in json.load(f)
                     if "bbox" in h}
-    curve = {}
+    rows = []
     try:
         with open(os.path.join(run_dir, "metrics.json")) as f:
             for line in f:
                 try:
-                    row = json.loads(line)
+                    rows.append(json.loads(line))
                 except ValueError:
                     continue  # a line being written
-                if "bbox/AP" in row and "iteration" in row:
-                    curve[int(row["iteration"]) + 1] = float(row["bbox/AP"])
     except OSError:
-        pass
-    return curve
+        return {}
+    last = max((int(r["iteration"]) for r in rows if "total_loss" in r and "iteration" in r),
+               default=None)
+    return {min(int(r["iteration"]) + 1, last + 1 if last is not None else 1 << 62):
+            float(r["bbox/AP"]) for r in rows if "bbox/AP" in r and "iteration" in r}
 
 
 def convergence_point(curves: Sequence[Dict[int, float]], min_gain: float = MIN_GAIN) -> dict:

@@ -98,10 +98,13 @@ def test_eval_period_and_convergence_point():
 
 
 def test_read_ap_curve_falls_back_to_metrics(tmp_path):
+    # as detectron2 writes it for max_iter 10, evaluation period 5: the periodic evaluation at
+    # the 0-based iteration 4, the final one at iteration 10 (= max_iter)
     with open(tmp_path / "metrics.json", "w") as f:
-        f.write(json.dumps({"iteration": 4, "bbox/AP": 3.0}) + "\n")
-        f.write(json.dumps({"iteration": 5, "total_loss": 1.0}) + "\n{\"iter")
-    assert C.read_ap_curve(str(tmp_path)) == {5: 3.0}
+        f.write(json.dumps({"iteration": 4, "total_loss": 2.0, "bbox/AP": 3.0}) + "\n")
+        f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
+        f.write(json.dumps({"iteration": 10, "bbox/AP": 3.5}) + "\n{\"iter")
+    assert C.read_ap_curve(str(tmp_path)) == {5: 3.0, 10: 3.5}
     (tmp_path / C.EVAL_HISTORY).write_text(json.dumps([{"iteration": 5, "bbox": {"AP": 4.0}}]))
     assert C.read_ap_curve(str(tmp_path)) == {5: 4.0}
 
