@@ -60,6 +60,7 @@ from balanced_det.ops import (  # noqa: E402
 )
 from balanced_det.ops.boxes import aligned_iou  # noqa: E402
 from bench_dense import dense_predictions, dw_weights_library, dw_weights_per_gt_loop  # noqa: E402
+from bench_two_stage import make_batch  # noqa: E402
 from detectron2.modeling.box_regression import Box2BoxTransform  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from torchvision.ops import box_iou  # noqa: E402
@@ -159,23 +160,13 @@ def load_mmdet(wheel: Optional[str], folder: str) -> types.SimpleNamespace:
 
 # ----------------------------------------------------------------------------- shared inputs
 def make_candidates(args, device, seed=0):
-    """One image's ROI candidates (proposals + GTs), their max IoU with a GT and matched GT."""
-    g = torch.Generator().manual_seed(seed)
-    h, w = args.size
-    xy = torch.rand(args.num_gt, 2, generator=g) * torch.tensor([w * 0.8, h * 0.8])
-    gt = torch.cat([xy, xy + 20 + torch.rand(args.num_gt, 2, generator=g) *
-                    torch.tensor([w * 0.2, h * 0.2])], 1)
-    n_near = args.num_proposals // 5
-    near = gt[torch.randint(args.num_gt, (n_near,), generator=g)]
-    near = near + (torch.rand(n_near, 4, generator=g) * 2 - 1) * 0.3 * (
-        near[:, 2:] - near[:, :2]).repeat(1, 2)
-    xy = torch.rand(args.num_proposals - n_near, 2, generator=g) * torch.tensor([w * 0.9, h * 0.9])
-    far = torch.cat([xy, xy + 8 + torch.rand(len(xy), 2, generator=g) * 200], 1)
-    boxes = torch.cat([near, far, gt])
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    """One image's ROI candidates (the proposals of ``bench_two_stage.make_batch`` + the GTs, as
+    in training), their max IoU with a GT and matched GT."""
+    proposals, targets = make_batch(args, device, seed=seed)
+    gt = targets[0].gt_boxes.tensor
+    boxes = torch.cat([proposals[0].proposal_boxes.tensor, gt])
     max_iou, gt_idx = box_iou(gt, boxes).max(0)
-    return boxes.to(device), max_iou.to(device), gt_idx.to(device)
+    return boxes, max_iou, gt_idx
 
 
 def box_head(boxes: torch.Tensor, num_classes: int):
@@ -318,8 +309,8 @@ def bench(args, device, mm) -> List[Dict]:
     cls_of_gt = torch.randint(C, (2, args.num_gt), generator=g).to(device)
     labels = torch.full((N,), C, dtype=torch.long, device=device)
     labels[pos_rows] = cls_of_gt[torch.arange(2 * n_pos, device=device) // n_pos, gt_local]
-    rois = torch.cat([torch.cat([torch.full((n_img, 1), float(i)), images[i][0][:n_img].cpu()], 1)
-                      for i in range(2)]).to(device)
+    rois = torch.cat([torch.cat([images[i][0].new_full((n_img, 1), float(i)), images[i][0][:n_img]], 1)
+                      for i in range(2)])
     cls_score = torch.randn(N, C + 1, generator=g).to(device)
     bbox_pred = (torch.randn(N, 4 * C, generator=g) * 0.2).to(device)
     bbox_targets = (torch.randn(N, 4, generator=g) * 0.2).to(device)
