@@ -9,7 +9,8 @@
    FCOS, Mask R-CNN) and AMP's speed-up over fp32.
 2. Finiteness: ``--finite-iters`` (default 300) AMP iterations of every config, the first
    iterations of its own recipe (warm-up included, LR scaled linearly to the batch), every
-   loss checked each iteration by the project's :class:`~balanced_det.engine.Trainer`.
+   loss checked each iteration by the project's :class:`~balanced_det.engine.Trainer`;
+   ``--finite-jobs`` (default 4 on CUDA) runs at a time, each its own process on the GPU.
 3. Optionally (``--comparison trees|synthetic``) the CPU comparison of ``tools/compare.py`` on
    the GPU, ``--comparison-jobs`` runs in parallel.
 
@@ -34,8 +35,10 @@ import itertools
 import json
 import os
 import statistics
+import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Dict, List, Optional
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -140,6 +143,15 @@ def recipe_steps(trainer, cfg, storage, iters: int):
         yield i
 
 
+def batches_for(config: str, size, batch: int, num_gt: int, _cache={}) -> list:
+    """4 synthetic batches (cycled by the trainer), with masks for Mask R-CNN configs."""
+    masks = "mask_rcnn" in short_name(config)
+    key = (masks, tuple(size), batch, num_gt)
+    if key not in _cache:
+        _cache[key] = [synthetic_batch(size, batch, num_gt, masks, seed) for seed in range(4)]
+    return _cache[key]
+
+
 def sync(device: str) -> None:
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()
@@ -219,16 +231,16 @@ def write_tables(out: str, results: Dict[str, dict], args, header: str) -> str:
             f"{ratio(r['amp']['ms'], ba.get('ms'))} | "
             f"{ratio(r['amp']['peak_mib'], ba.get('peak_mib'))} |")
     steps = "\n".join(lines) + "\n"
-    lines = [header, "", f"| config | AMP iterations | finite | last total loss | note |",
+    lines = [header, "", "| config | AMP iterations | finite | last total loss | note |",
              "|---|---|---|---|---|"]
     for c in names:
         f = results[c].get("finite")
         if f is None:
             lines.append(f"| {short_name(c)} | - | not run | - | {results[c].get('skipped', '')} |")
             continue
-        ok = f["first_nonfinite"] is None
-        lines.append(f"| {short_name(c)} | {f['iters']} | "
-                     f"{'yes' if ok else 'NO, at iteration %d' % f['first_nonfinite']} | "
+        ok = "NO, crashed" if f.get("crashed") else "yes" if f["first_nonfinite"] is None \
+            else f"NO, at iteration {f['first_nonfinite']}"
+        lines.append(f"| {short_name(c)} | {f['iters']} | {ok} | "
                      f"{f['last_total_loss']:.3f} | {f.get('error', '')} |")
     finite = "\n".join(lines) + "\n"
     for name, text in (("steps.md", steps), ("finite.md", finite)):
@@ -254,6 +266,9 @@ def main(argv=None) -> str:
                         "(default 10; --tiny 1)")
     parser.add_argument("--finite-iters", type=int, help="AMP iterations of the finiteness "
                         "check (default 300; --tiny 2)")
+    parser.add_argument("--finite-jobs", type=int, help="finiteness runs at a time, each its own "
+                        "process on the one device (default: 4 on CUDA, 1 otherwise)")
+    parser.add_argument("--finite-worker", metavar="CONFIG", help=argparse.SUPPRESS)
     parser.add_argument("--budget-s", type=float, default=540.0,
                         help="time budget of parts 1-2; what would start after it is skipped")
     parser.add_argument("--comparison", choices=("trees", "synthetic"),
@@ -267,6 +282,14 @@ def main(argv=None) -> str:
     args.finite_iters = args.finite_iters if args.finite_iters is not None else (
         2 if args.tiny else 300)
     size, args.batch, num_gt = ((96, 128), 1, 3) if args.tiny else ((800, 1333), 2, 15)
+    if args.finite_jobs is None:
+        args.finite_jobs = 4 if torch.device(args.device).type == "cuda" else 1
+    if args.finite_worker:  # one finiteness run, its result as JSON to --out
+        res = finite_run(args.finite_worker, args, batches_for(args.finite_worker, size,
+                                                               args.batch, num_gt))
+        with open(args.out, "w") as f:
+            json.dump(res, f)
+        return ""
     os.makedirs(args.out, exist_ok=True)
     configs = args.configs or coco_configs()
     unknown = [c for c in configs if not os.path.exists(os.path.join(ROOT, c))]
@@ -275,24 +298,46 @@ def main(argv=None) -> str:
     # baselines first, so every ratio has its denominator when the budget runs out
     configs = sorted(configs, key=lambda c: (baseline_of(c, configs) != c, c))
     start = time.time()
-    results: Dict[str, dict] = {}
-    batch_cache: Dict[bool, list] = {}
-    for c in tqdm(configs, desc="configs (steps, finiteness)", unit="config"):
-        masks = "mask_rcnn" in short_name(c)
-        if masks not in batch_cache:
-            batch_cache[masks] = [synthetic_batch(size, args.batch, num_gt, masks, seed)
-                                  for seed in range(4)]
-        batches = batch_cache[masks]
-        r = results[c] = {"baseline": baseline_of(c, configs)}
-        if time.time() - start > args.budget_s:
-            r["skipped"] = f"time budget {args.budget_s:.0f} s"
-            continue
-        r["fp32"] = time_steps(c, args, batches, amp=False)
-        r["amp"] = time_steps(c, args, batches, amp=True)
-        if time.time() - start > args.budget_s:
-            r["skipped"] = f"finiteness: time budget {args.budget_s:.0f} s"
-            continue
-        r["finite"] = finite_run(c, args, batches)
+    results: Dict[str, dict] = {c: {"baseline": baseline_of(c, configs)} for c in configs}
+
+    def over_budget(c: str, part: str) -> bool:
+        if time.time() - start <= args.budget_s:
+            return False
+        results[c]["skipped"] = f"{part}: time budget {args.budget_s:.0f} s"
+        return True
+
+    # 1. step times, one config at a time (the device to itself)
+    for c in tqdm(configs, desc="step times", unit="config"):
+        if not over_budget(c, "steps"):
+            batches = batches_for(c, size, args.batch, num_gt)
+            results[c]["fp32"] = time_steps(c, args, batches, amp=False)
+            results[c]["amp"] = time_steps(c, args, batches, amp=True)
+    # 2. finiteness, --finite-jobs configs at a time (subprocesses sharing the device)
+    todo = [c for c in configs if "fp32" in results[c]]
+
+    def finite(c: str):
+        if over_budget(c, "finiteness"):
+            return
+        if args.finite_jobs <= 1:
+            results[c]["finite"] = finite_run(c, args, batches_for(c, size, args.batch, num_gt))
+            return
+        res_path = os.path.join(args.out, f".finite-{short_name(c)}.json")
+        cmd = [sys.executable, os.path.abspath(__file__), "--finite-worker", c, "--device",
+               args.device, "--finite-iters", str(args.finite_iters), "--out", res_path]
+        proc = subprocess.run(cmd + (["--tiny"] if args.tiny else []), capture_output=True,
+                              text=True)
+        if proc.returncode != 0:
+            results[c]["finite"] = {"iters": args.finite_iters, "first_nonfinite": None,
+                                    "last_total_loss": float("nan"), "crashed": True,
+                                    "error": proc.stderr.strip().splitlines()[-1][:300]}
+        else:
+            with open(res_path) as f:
+                results[c]["finite"] = json.load(f)
+            os.remove(res_path)
+
+    with ThreadPoolExecutor(max_workers=max(1, args.finite_jobs)) as pool:
+        for _ in tqdm(pool.map(finite, todo), total=len(todo), desc="finiteness", unit="config"):
+            pass
     header = (f"{machine_line(args.device)}; {'tiny check' if args.tiny else 'COCO-size'} "
               f"synthetic batches of {args.batch} x {size[0]} x {size[1]}, {num_gt} boxes per "
               f"image, {NUM_CLASSES} classes, random init; median of {args.steps} steps after "

@@ -50,3 +50,12 @@ def test_tiny_run_on_the_cpu(tmp_path):
     assert res["fp32"]["ms"] > 0 and res["amp"]["ms"] > 0
     assert res["finite"]["first_nonfinite"] is None
     assert sorted(os.listdir(tmp_path)) == ["finite.md", "steps.md", "suite.json"]
+
+
+def test_finiteness_worker_writes_its_result(tmp_path):
+    # what each parallel finiteness process of a GPU run does
+    path = tmp_path / "r.json"
+    G.main(["--finite-worker", RETINA, "--tiny", "--device", "cpu", "--finite-iters", "1",
+            "--out", str(path)])
+    res = json.loads(path.read_text())
+    assert res["iters"] == 1 and res["first_nonfinite"] is None
