@@ -34,11 +34,16 @@ v0.6 ``AMPTrainer`` is CUDA-only, fp16 only   ``balanced_det.engine.Trainer`` (C
                                               CPU bf16, ``torch.amp.GradScaler``)
 ``Backbone.padding_constraints`` exists only  :func:`padding_constraints` reads it if present
 in newer detectron2
+newer detectron2: ``HookBase.after_backward``  ``balanced_det.engine.Trainer`` calls the hook and
+and ``SimpleTrainer(gather_metric_period,      takes these options where :func:`has_after_backward`
+zero_grad_before_forward,                     and :func:`simple_trainer_options` find them
+async_write_metrics)``
 ===========================================  =====================================================
 """
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import logging
 import os
 import pickle
@@ -54,8 +59,10 @@ __all__ = [
     "coco_evaluator_kwargs",
     "describe",
     "group_norm",
+    "has_after_backward",
     "model_zoo_config_file",
     "padding_constraints",
+    "simple_trainer_options",
     "torch_load",
     "UntrustedCheckpointError",
     "create_local_process_group",
@@ -226,6 +233,24 @@ def group_norm(num_channels: int, num_groups: int = 32):
 def padding_constraints(backbone) -> Dict[str, int]:
     """``backbone.padding_constraints`` on detectron2 versions that have it, else ``{}``."""
     return dict(getattr(backbone, "padding_constraints", {}) or {})
+
+
+def simple_trainer_options() -> Dict[str, Any]:
+    """The optional arguments of this detectron2's ``SimpleTrainer.__init__`` and their
+    defaults: none in v0.6; ``gather_metric_period``, ``zero_grad_before_forward``,
+    ``async_write_metrics`` in newer releases."""
+    from detectron2.engine import SimpleTrainer
+
+    params = inspect.signature(SimpleTrainer.__init__).parameters
+    return {n: p.default for n, p in params.items()
+            if n not in ("self", "model", "data_loader", "optimizer") and p.default is not p.empty}
+
+
+def has_after_backward() -> bool:
+    """Whether this detectron2's trainer hooks have ``after_backward`` (newer than v0.6)."""
+    from detectron2.engine import HookBase
+
+    return hasattr(HookBase, "after_backward")
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
