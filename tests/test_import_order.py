@@ -67,6 +67,7 @@ V06_LIKE = {
         "    cfg_file = pkg_resources.resource_filename(\n"
         '        "detectron2.model_zoo", os.path.join("configs", config_path)\n    )\n'
         "    return cfg_file\n"),
+    "modeling/anchor_generator.py": "a, b = torch.meshgrid(shifts_y, shifts_x)\n",
     "structures/masks.py": "x = a.astype(np.bool)  # np.bool_, np.int64, np.integer stay\n"
                            "y = np.zeros(3, dtype=np.int)\nz = np.str(1)\n",
     "layers/other.py": "keep = np.bool_(np.int64(1))\n",
@@ -91,7 +92,9 @@ def test_fix_v06_sources(tmp_path):
     assert not compat.v06_sources_fixed(root)
     changed = compat.fix_v06_sources(root)
     assert changed == ["_C.py", "data/transforms/transform.py", "model_zoo/model_zoo.py",
-                       "structures/masks.py"]
+                       "modeling/anchor_generator.py", "structures/masks.py"]
+    assert _read(root, "modeling/anchor_generator.py") == (
+        'a, b = torch.meshgrid(shifts_y, shifts_x, indexing="ij")\n')
     assert _read(root, "data/transforms/transform.py") == (
         "def f(interp=Image.BILINEAR):\n    return float(1)\n")
     zoo = _read(root, "model_zoo/model_zoo.py")

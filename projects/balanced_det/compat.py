@@ -44,6 +44,11 @@ v0.6 ``AMPTrainer`` is CUDA-only, fp16 only   ``balanced_det.engine.Trainer`` (C
                                               CPU bf16, ``torch.amp.GradScaler``)
 ``Backbone.padding_constraints`` exists only  :func:`padding_constraints` reads it if present
 in newer detectron2
+detectron2 and pycocotools warn about their   :data:`KNOWN_WARNINGS` are ignored (from import on,
+own code on today's libraries (torch.jit,     and inside :func:`known_warnings_ignored` where
+``torch.meshgrid``, numpy 2 ``__array__``,    balanced_det trains or evaluates); meshgrid: also a
+read-only image arrays, ``Logger.warn``, an   source fix
+unclosed file)
 ``HookBase.after_backward`` and the           ``balanced_det.engine.Trainer`` calls the hook and
 ``SimpleTrainer`` options                     takes the options where :func:`has_after_backward`
 ``gather_metric_period``,                     and :func:`simple_trainer_options` find them
@@ -57,6 +62,7 @@ Module-level imports are the standard library only: ``tools/setup_env.py`` loads
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import inspect
@@ -81,6 +87,8 @@ __all__ = [
     "v06_sources_fixed",
     "group_norm",
     "has_after_backward",
+    "known_warnings_ignored",
+    "KNOWN_WARNINGS",
     "model_zoo_config_file",
     "padding_constraints",
     "simple_trainer_options",
@@ -101,6 +109,9 @@ V06_SOURCE_FIXES = (
     # Pillow >= 10 removed Image.LINEAR (a default argument: evaluated at import).
     ("data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR"),
     # setuptools >= 82 removed pkg_resources (older ones warn when it is imported).
+    # torch warns about torch.meshgrid without `indexing` ("ij" is what it computes).
+    ("modeling/anchor_generator.py", "torch.meshgrid(shifts_y, shifts_x)",
+     'torch.meshgrid(shifts_y, shifts_x, indexing="ij")'),
     ("model_zoo/model_zoo.py", "import pkg_resources\n", ""),
     ("model_zoo/model_zoo.py",
      'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", '
@@ -255,15 +266,42 @@ def _shim_numpy_aliases():
             _APPLIED[f"numpy.{name}"] = True
 
 
-def _quiet_known_warnings():
+# Warnings about detectron2's and pycocotools' code on today's libraries, not the caller's:
+# (message, category, module the warning is attributed to; "" = any).
+KNOWN_WARNINGS = (
     # detectron2 decorates helpers with torch.jit.script at import; torch >= 2.10 warns once
-    # per decorator. The warning is about detectron2's code, not the user's.
-    warnings.filterwarnings(
-        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
-    )
-    # v0.6's anchor generator calls torch.meshgrid without `indexing` (same result as "ij").
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release",
-                            category=UserWarning)
+    # per decorator (attributed to torch's frame).
+    (r"`torch\.jit\.script` is deprecated", FutureWarning, ""),
+    # detectron2's anchor generator calls torch.meshgrid without `indexing` (same result as
+    # "ij"; fixed in the v0.6 sources that make setup installs).
+    (r"torch\.meshgrid: in an upcoming release", UserWarning, ""),
+    # numpy 2: np.array() of an object whose __array__ takes no `copy` (a torch tensor in
+    # detectron2's COCO mask encoding; pycocotools' masks in its decode).
+    (r"__array__ implementation doesn't accept a copy keyword", DeprecationWarning,
+     r"(detectron2|pycocotools)(\.|$)"),
+    # detectron2 reads images with np.asarray(PIL image) (read-only with today's Pillow), then
+    # detectron2/fvcore make tensors of them with torch.from_numpy / as_tensor.
+    (r"The given NumPy array is not writable", UserWarning, r"(detectron2|fvcore)(\.|$)"),
+    # detectron2 calls logging's deprecated Logger.warn.
+    (r"The 'warn' method is deprecated", DeprecationWarning, r"detectron2(\.|$)"),
+    # detectron2's default_setup reads the config file without closing it.
+    (r"unclosed file", ResourceWarning, r"detectron2(\.|$)"),
+)
+
+
+def _ignore_known_warnings():
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextlib.contextmanager
+def known_warnings_ignored():
+    """Ignore :data:`KNOWN_WARNINGS` inside the block, whatever filters are active (e.g. a
+    test runner's ``-W error``); used where balanced_det calls detectron2 (a training step,
+    an evaluation)."""
+    with warnings.catch_warnings():
+        _ignore_known_warnings()
+        yield
 
 
 def _is_stand_in(module: Optional[types.ModuleType]) -> bool:
@@ -300,7 +338,7 @@ def apply() -> None:
     if _APPLIED.get("done"):
         return
     fixed = v06_sources_fixed(_detectron2_dir())
-    _quiet_known_warnings()
+    _ignore_known_warnings()  # also where balanced_det is not in the call stack
     if not fixed:
         _shim_pillow()
         _shim_numpy_aliases()

@@ -15,7 +15,7 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..compat import has_after_backward, simple_trainer_options
+from ..compat import has_after_backward, known_warnings_ignored, simple_trainer_options
 from ..utils.events import (
     flush_tensor_scalars,
     put_tensor_scalars,
@@ -133,7 +133,7 @@ class Trainer(SimpleTrainer):
         if self.zero_grad_before_forward:
             self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp):
+                            enabled=self.amp), known_warnings_ignored():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
