@@ -241,7 +241,7 @@ def _detectron2_dir() -> str:
     if spec is None or not spec.submodule_search_locations:
         raise ImportError(
             "balanced_det needs detectron2, which is not installed in this environment "
-            f"({sys.executable}). Run `make setup` or install it (see README, 'Set-up')."
+            f"({sys.executable}). Run `make setup` or install it (see README, 'Set-up details')."
         )
     return list(spec.submodule_search_locations)[0]
 
