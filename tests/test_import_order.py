@@ -4,7 +4,6 @@ source fixes) or a source build works by itself, and the source fixes do what th
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 

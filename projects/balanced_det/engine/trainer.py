@@ -218,14 +218,14 @@ class Trainer(SimpleTrainer):
         ``cur_iter=`` when written in the background (newer detectron2's storage takes it)."""
         write_tensor_scalars(storage, pending, **cur_iter)
         if comm.is_main_process():
-            storage.put_scalar("data_time", float(np.max([m.pop("data_time") for m in all_metrics])),
-                               **cur_iter)
+            data_time = float(np.max([m.pop("data_time") for m in all_metrics]))
+            storage.put_scalar("data_time", data_time, **cur_iter)
             mean = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
             storage.put_scalar("total_loss", sum(mean.values()), **cur_iter)
             if len(mean) > 1:
                 storage.put_scalars(**mean, **cur_iter)
-            storage.put_scalar("peak_mem_mb", peak_memory_mb(self.device_type), smoothing_hint=False,
-                               **cur_iter)
+            storage.put_scalar("peak_mem_mb", peak_memory_mb(self.device_type),
+                               smoothing_hint=False, **cur_iter)
 
     def state_dict(self):
         ret = super().state_dict()

@@ -13,7 +13,8 @@ import torch
 
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["put_tensor_scalars", "flush_tensor_scalars", "take_tensor_scalars", "write_tensor_scalars"]
+__all__ = ["put_tensor_scalars", "flush_tensor_scalars", "take_tensor_scalars",
+           "write_tensor_scalars"]
 
 _ATTR = "_balanced_det_pending_scalars"
 
@@ -43,7 +44,8 @@ def take_tensor_scalars(storage=None) -> Dict[str, torch.Tensor]:
     return storage.__dict__.pop(_ATTR, {})
 
 
-def write_tensor_scalars(storage, pending: Dict[str, torch.Tensor], **put_kwargs) -> Dict[str, float]:
+def write_tensor_scalars(storage, pending: Dict[str, torch.Tensor],
+                         **put_kwargs) -> Dict[str, float]:
     """Write ``pending`` (from :func:`take_tensor_scalars`) to ``storage`` with one
     device-to-host copy; ``put_kwargs`` go to ``storage.put_scalars`` (e.g. ``cur_iter``)."""
     if not pending:
