@@ -10,10 +10,10 @@ The fixes are applied in one of two ways:
 * ``make setup`` (``tools/setup_env.py``) installs the registry's v0.6 sources with
   :func:`fix_v06_sources` applied: :data:`V06_SOURCE_FIXES`, the numpy aliases
   (:data:`NUMPY_ALIASES`) and a stand-in ``detectron2/_C.py`` (:data:`CPP_STAND_IN_SOURCE`).
-  That detectron2 works by itself, in any import order, without patching Pillow or numpy.
-* :func:`apply` runs once, when ``balanced_det`` is imported: on any detectron2 it selects
-  the trainer/evaluator behaviour below; on a v0.6 installed another way it also adds the
-  runtime shims of the first three rows (then ``balanced_det`` must be imported first).
+  That detectron2 works by itself and in any import order.
+* :func:`apply` runs once, when ``balanced_det`` is imported: the runtime shims of the first
+  three rows (for a v0.6 installed another way, where ``balanced_det`` must then be imported
+  before detectron2's modules), and the behaviour of the rows below.
 
 ===========================================  =====================================================
 What breaks                                   What this module (or the named class) does
@@ -108,10 +108,10 @@ _APPLIED: Dict[str, bool] = {}
 V06_SOURCE_FIXES = (
     # Pillow >= 10 removed Image.LINEAR (a default argument: evaluated at import).
     ("data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR"),
-    # setuptools >= 82 removed pkg_resources (older ones warn when it is imported).
     # torch warns about torch.meshgrid without `indexing` ("ij" is what it computes).
     ("modeling/anchor_generator.py", "torch.meshgrid(shifts_y, shifts_x)",
      'torch.meshgrid(shifts_y, shifts_x, indexing="ij")'),
+    # setuptools >= 82 removed pkg_resources (older ones warn when it is imported).
     ("model_zoo/model_zoo.py", "import pkg_resources\n", ""),
     ("model_zoo/model_zoo.py",
      'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", '
@@ -337,11 +337,10 @@ def apply() -> None:
     """Apply every shim this environment needs. Idempotent; called by ``import balanced_det``."""
     if _APPLIED.get("done"):
         return
-    fixed = v06_sources_fixed(_detectron2_dir())
+    _detectron2_dir()  # a clear error if detectron2 is missing
     _ignore_known_warnings()  # also where balanced_det is not in the call stack
-    if not fixed:
-        _shim_pillow()
-        _shim_numpy_aliases()
+    _shim_pillow()
+    _shim_numpy_aliases()
     _shim_cpp_extension()
     _APPLIED["done"] = True
 
