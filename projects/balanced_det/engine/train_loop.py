@@ -21,6 +21,7 @@ from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from ..compat import known_warnings_ignored
 from ..data.cache import atomic_write_json
 from ..data.samplers import ResumableTrainingSampler
 from ..stats import prepare_model_with_dataset_stats
@@ -66,7 +67,8 @@ def do_test(cfg, model) -> Dict[str, Any]:
     if "evaluator" not in cfg.dataloader:
         return {}
     evaluator = instantiate(cfg.dataloader.evaluator)
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    with known_warnings_ignored():
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process() and results:
         print_csv_format(results)
         out = cfg_get(cfg, "train.output_dir")
