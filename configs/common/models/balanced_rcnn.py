@@ -8,6 +8,7 @@ docs/methods/.
 """
 from detectron2.config import LazyCall as L
 
+from balanced_det.engine.optim import CombinedOptimizer, split_param_groups
 from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
 from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
@@ -22,6 +23,7 @@ from balanced_det.modeling.samplers import (
     OHEMSampler,
     ScoreHLRSampler,
 )
+from balanced_det.modeling.usw import SampleWeightingNet
 
 
 def balanced_roi_heads(model, sampler=None):
@@ -102,3 +104,38 @@ def sampling_free(model, num_train_proposals):
     bp.prior_init = True
     bp.class_adaptive_thresholds = True
     return model
+
+
+#: the names of USW's weighting-network parameters (its own optimizer's part)
+USW_PARAMS = r"(^|\.)sample_weighting\."
+
+
+def usw(model, optimizer, lr=1e-3, weight_decay=1e-4):
+    """Unified Sample Weighting: a ``SampleWeightingNet`` (hidden 64, init N(0, 1e-4), scores
+    clamped to [-2, 2], lambda 0.5, pooled classification scores) on the ROI box predictor, and,
+    as the authors' configs, Smooth L1 beta 1.0 (baseline: L1, beta 0; it is also the 4-d
+    box-loss input of the network). The RPN is not weighted.
+
+    Returns the new optimizer config: the network trains with Adam (``lr`` 1e-3,
+    ``weight_decay`` 1e-4), every other parameter with the baseline ``optimizer`` (unchanged,
+    its arguments stay at the top level: ``optimizer.lr`` is still the detector's LR), one
+    :class:`~balanced_det.engine.optim.CombinedOptimizer`; both follow the config's
+    ``lr_multiplier`` and ``train.clip_grad_norm`` (one norm over all parameters)."""
+    balanced_roi_heads(model, model.roi_heads.get("sampler"))
+    bp = model.roi_heads.box_predictor
+    bp.sample_weighting = L(SampleWeightingNet)(hidden_dim=64, init_std=1e-4, lam=0.5,
+                                                score_min=-2.0, score_max=2.0,
+                                                cls_weighting="pooled")
+    bp.smooth_l1_beta = 1.0
+    base = {k: v for k, v in optimizer.items() if k not in ("_target_", "params")}
+    params = {k: v for k, v in optimizer.params.items() if k not in ("_target_", "model")}
+    cls = optimizer._target_
+    if not isinstance(cls, str):
+        cls = f"{cls.__module__}.{cls.__qualname__}"
+    return L(CombinedOptimizer)(
+        params=L(split_param_groups)(parts={"sample_weighting": USW_PARAMS}, **params),
+        optimizer=cls,
+        parts={"sample_weighting": dict(type="torch.optim.Adam", lr=lr,
+                                        weight_decay=weight_decay)},
+        **base,
+    )
