@@ -48,6 +48,7 @@ SUITES: Dict[str, List[Tuple[str, str, str]]] = {
         ("libra_faster_rcnn", "configs/Trees/libra_faster_rcnn_effnet_lite0_FPN.py", "Libra Faster R-CNN"),
         ("pisa_faster_rcnn", "configs/Trees/pisa_faster_rcnn_effnet_lite0_FPN.py", "PISA Faster R-CNN"),
         ("sampling_free_faster_rcnn", "configs/Trees/sampling_free_faster_rcnn_effnet_lite0_FPN.py", "Sampling-Free Faster R-CNN"),
+        ("usw_faster_rcnn", "configs/Trees/usw_faster_rcnn_effnet_lite0_FPN.py", "USW Faster R-CNN"),
     ],
 }
 SUITES["synthetic"] = [
