@@ -104,11 +104,12 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
         self.box_loss = box_reg_loss
         self.box_reg_normalizer = check_choice("box_reg_normalizer", box_reg_normalizer,
                                                BOX_NORMALIZERS)
-        if (carl is not None or sample_weighting is not None
-                or box_reg_normalizer == "positives") and self.box_loss is None:
-            raise ValueError(f"carl / sample_weighting / box_reg_normalizer='positives' need an "
-                             f"element-wise box "
+        if (carl is not None or box_reg_normalizer == "positives") and self.box_loss is None:
+            raise ValueError(f"carl / box_reg_normalizer='positives' need an element-wise box "
                              f"loss; box_reg_loss_type={self.box_reg_loss_type!r} is not one")
+        if sample_weighting is not None and self.box_loss is None:
+            raise ValueError(f"sample_weighting needs an element-wise box loss (its 4-d input); "
+                             f"box_reg_loss_type={self.box_reg_loss_type!r} is not one")
         self.carl = check_plugin("carl", carl, CARL)
         self.guided_loss = check_plugin("guided_loss", guided_loss, GuidedLoss)
         self.sample_weighting = check_plugin("sample_weighting", sample_weighting,
