@@ -106,7 +106,7 @@ def _reference(net, scores, deltas, proposal_boxes, gt_boxes, labels, pooled=Tru
             d = deltas[i, 4 * g:4 * g + 4]
             t = _encode(proposal_boxes[i], gt_boxes[i])
             box[i] = [_smooth_l1(d[k] - t[k]) for k in range(4)]
-            pb = _decode([float(x) for x in d], [float(x) for x in proposal_boxes[i]])
+            pb = _decode([float(x) for x in d.detach()], [float(x) for x in proposal_boxes[i]])
             iou = _iou(pb, [float(x) for x in gt_boxes[i]])
             feats.append([iou, float(prob[g]), float(ce[i])] + [float(x) for x in box[i]])
         else:
@@ -288,3 +288,124 @@ def test_predictor_refuses_a_non_plugin_and_a_non_elementwise_box_loss():
         H.roi_parts(sample_weighting="usw")
     with pytest.raises(ValueError, match="sample_weighting"):
         H.roi_parts(sample_weighting=SampleWeightingNet(), box_reg_loss_type="giou")
+
+
+# ---- RetinaNet: every anchor, one classification score -------------------------------------
+def _dense_inputs(num_images=2, num_anchors=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(num_anchors, 2, generator=g) * 80
+    anchors = torch.cat([xy, xy + 16 + torch.rand(num_anchors, 2, generator=g) * 30], dim=1)
+    labels = torch.randint(0, C + 1, (num_images, num_anchors), generator=g)
+    labels[torch.rand(num_images, num_anchors, generator=g) < 0.1] = -1  # ignored
+    gt = anchors[None] + torch.randn(num_images, num_anchors, 4, generator=g) * 3
+    logits = torch.randn(num_images, num_anchors, C, generator=g).requires_grad_()
+    deltas = (torch.randn(num_images, num_anchors, 4, generator=g) * 0.3).requires_grad_()
+    return anchors, labels, gt, logits, deltas
+
+
+def _focal(x, t, alpha=0.25, gamma=2.0):
+    p = torch.sigmoid(x)
+    ce = -(t * torch.log(p) + (1 - t) * torch.log(1 - p))
+    p_t = p * t + (1 - p) * (1 - t)
+    a_t = alpha * t + (1 - alpha) * (1 - t)
+    return a_t * (1 - p_t) ** gamma * ce
+
+
+def _dense_reference(net, anchors, labels, gt, logits, deltas, normalizer, beta):
+    """USW on RetinaNet, one anchor at a time (detectron2's deltas: weights 1)."""
+    n, r = labels.shape
+    feats, ce, box, pos = [], [], {}, []
+    for i in range(n):
+        for a in range(r):
+            lab = int(labels[i, a])
+            if lab < 0:
+                ce.append(torch.zeros(()))
+            else:
+                ce.append(sum(_focal(logits[i, a, k], float(k == lab)) for k in range(C)))
+            if 0 <= lab < C:
+                src, dst = anchors[a], gt[i, a]
+                sw, sh = src[2] - src[0], src[3] - src[1]
+                dw, dh = dst[2] - dst[0], dst[3] - dst[1]
+                t = [((dst[0] + dw / 2) - (src[0] + sw / 2)) / sw,
+                     ((dst[1] + dh / 2) - (src[1] + sh / 2)) / sh,
+                     torch.log(dw / sw), torch.log(dh / sh)]
+                d = deltas[i, a]
+                box[len(ce) - 1] = [_smooth_l1(d[k] - t[k], beta) for k in range(4)]
+                cx, cy = float(src[0] + sw / 2), float(src[1] + sh / 2)
+                dd = [float(x) for x in d.detach()]
+                pw, ph = math.exp(dd[2]) * float(sw), math.exp(dd[3]) * float(sh)
+                px, py = dd[0] * float(sw) + cx, dd[1] * float(sh) + cy
+                iou = _iou([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2],
+                           [float(x) for x in dst])
+                feats.append([iou, float(torch.sigmoid(logits[i, a, lab])), float(ce[-1])]
+                             + [float(x) for x in box[len(ce) - 1]])
+                pos.append(len(ce) - 1)
+            else:
+                feats.append([0.0, 0.0, float(ce[-1]), 0.0, 0.0, 0.0, 0.0])
+    s_cls, s_reg = [], []
+    for f in feats:
+        f = torch.tensor(f)
+        h = torch.cat([_mlp_row(b, x) for b, x in zip(net.branches, [f[0:1], f[1:2], f[2:3],
+                                                                         f[3:7]])])
+        out = _mlp_row(net.predictor, h)
+        s_cls.append(torch.clamp(out[0], -2.0, 2.0))
+        s_reg.append(torch.clamp(out[1], -2.0, 2.0))
+    s_all = sum(s_cls) / len(s_cls)
+    loss_cls = torch.exp(-s_all) * sum(ce) / normalizer
+    loss_reg = sum(torch.exp(-s_reg[j]) * sum(box[j]) for j in pos) / normalizer
+    return {"loss_cls": loss_cls, "loss_box_reg": loss_reg, "loss_usw_cls": LAM * s_all,
+            "loss_usw_reg": LAM * sum(s_reg[j] for j in pos) / len(pos)}
+
+
+def test_retinanet_losses_and_gradients_match_the_per_anchor_reference():
+    from helpers_dense import tiny_retinanet
+
+    net = _net()
+    model = tiny_retinanet(sample_weighting=net).train()
+    anchors, labels, gt, logits, deltas = _dense_inputs()
+    with EventStorage(0):
+        ours = model.losses([Boxes(anchors)], [logits], list(labels), [deltas], list(gt))
+    assert set(ours) == set(KEYS)
+    normalizer = float(model.loss_normalizer)
+    l2, d2 = logits.detach().clone().requires_grad_(), deltas.detach().clone().requires_grad_()
+    ref = _dense_reference(net, anchors, labels, gt, l2, d2, normalizer,
+                           model.box_reg_loss.beta)
+    params = list(net.parameters())
+    for k in KEYS:
+        torch.testing.assert_close(ours[k], ref[k].reshape(()), rtol=1e-5, atol=1e-6)
+        g1 = torch.autograd.grad(ours[k], [logits, deltas] + params, retain_graph=True,
+                                 allow_unused=True)
+        g2 = torch.autograd.grad(ref[k], [l2, d2] + params, retain_graph=True,
+                                 allow_unused=True)
+        for a, b in zip(g1, g2):
+            a = torch.zeros_like(b) if a is None and b is not None else a
+            b = torch.zeros_like(a) if b is None and a is not None else b
+            if a is not None:
+                torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    reg = ours["loss_usw_cls"] + ours["loss_usw_reg"]
+    g = torch.autograd.grad(reg, [logits, deltas], allow_unused=True)
+    assert all(x is None or not x.any() for x in g), "inputs are detached"
+
+
+@pytest.mark.parametrize("num_images", [1, 3])
+def test_retinanet_trains_with_an_odd_batch_and_without_gts(num_images):
+    """The authors' RetinaNet head reshapes its weights to (2, -1): odd batches crash there."""
+    from helpers_dense import batch, tiny_retinanet
+
+    model = tiny_retinanet(sample_weighting=SampleWeightingNet()).train()
+    gts = [([[10, 12, 60, 70]], [1])] + [([], [])] * (num_images - 1)
+    with EventStorage(0), torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(batch(gts))
+    assert set(losses) == set(KEYS)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.sample_weighting.parameters())
+
+
+def test_retinanet_refuses_usw_with_isr_p_or_a_non_elementwise_loss():
+    from helpers_dense import tiny_retinanet
+
+    with pytest.raises(ValueError, match="sample_weighting needs element-wise losses"):
+        tiny_retinanet(sample_weighting=SampleWeightingNet(), isr_p=True)
+    with pytest.raises(ValueError, match="sample_weighting needs element-wise losses"):
+        tiny_retinanet(sample_weighting=SampleWeightingNet(), cls_loss_type="ghm")

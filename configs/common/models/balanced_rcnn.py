@@ -8,7 +8,6 @@ docs/methods/.
 """
 from detectron2.config import LazyCall as L
 
-from balanced_det.engine.optim import CombinedOptimizer, split_param_groups
 from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
 from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
@@ -24,6 +23,8 @@ from balanced_det.modeling.samplers import (
     ScoreHLRSampler,
 )
 from balanced_det.modeling.usw import SampleWeightingNet
+
+from ..optim import with_part_optimizer
 
 
 def balanced_roi_heads(model, sampler=None):
@@ -123,19 +124,18 @@ def usw(model, optimizer, lr=1e-3, weight_decay=1e-4):
     ``lr_multiplier`` and ``train.clip_grad_norm`` (one norm over all parameters)."""
     balanced_roi_heads(model, model.roi_heads.get("sampler"))
     bp = model.roi_heads.box_predictor
-    bp.sample_weighting = L(SampleWeightingNet)(hidden_dim=64, init_std=1e-4, lam=0.5,
-                                                score_min=-2.0, score_max=2.0,
-                                                cls_weighting="pooled")
+    bp.sample_weighting = sample_weighting_net()
     bp.smooth_l1_beta = 1.0
-    base = {k: v for k, v in optimizer.items() if k not in ("_target_", "params")}
-    params = {k: v for k, v in optimizer.params.items() if k not in ("_target_", "model")}
-    cls = optimizer._target_
-    if not isinstance(cls, str):
-        cls = f"{cls.__module__}.{cls.__qualname__}"
-    return L(CombinedOptimizer)(
-        params=L(split_param_groups)(parts={"sample_weighting": USW_PARAMS}, **params),
-        optimizer=cls,
-        parts={"sample_weighting": dict(type="torch.optim.Adam", lr=lr,
-                                        weight_decay=weight_decay)},
-        **base,
-    )
+    return usw_optimizer(optimizer, lr, weight_decay)
+
+
+def sample_weighting_net():
+    """USW's network with the authors' settings (two-stage and RetinaNet)."""
+    return L(SampleWeightingNet)(hidden_dim=64, init_std=1e-4, lam=0.5, score_min=-2.0,
+                                 score_max=2.0, cls_weighting="pooled")
+
+
+def usw_optimizer(optimizer, lr=1e-3, weight_decay=1e-4):
+    """Adam(``lr``, ``weight_decay``) on USW's network next to ``optimizer`` on the rest."""
+    return with_part_optimizer(optimizer, "sample_weighting", USW_PARAMS, lr=lr,
+                               weight_decay=weight_decay)

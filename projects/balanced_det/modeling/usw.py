@@ -75,13 +75,16 @@ class SampleWeightingNet(nn.Module):
 
     def losses(self, features: Tensor, ce: Tensor, box_loss: Tensor, fg_inds: Tensor,
                fg_mask: Tensor, reg_normalizer: Union[float, Tensor] = 1.0,
-               cls_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
+               cls_weights: Optional[Tensor] = None, groups: bool = True,
+               cls_normalizer: Optional[Union[float, Tensor]] = None) -> Dict[str, Tensor]:
         """``loss_cls``, ``loss_box_reg`` (weighted) and ``loss_usw_cls``, ``loss_usw_reg``
-        (regularisers); arguments as :func:`~balanced_det.ops.usw.usw_losses`."""
+        (regularisers); ``groups``: the ROI head's positive / negative pooling (False:
+        RetinaNet's one mean over all anchors); other arguments as
+        :func:`~balanced_det.ops.usw.usw_losses`."""
         scores = usw_scores(self(features), fg_mask, self.score_min, self.score_max,
-                            pooled=self.cls_weighting == "pooled")
+                            pooled=self.cls_weighting == "pooled", groups=groups)
         put_tensor_scalars(**{"usw/s_cls_pos": scores["cls_pos"].detach(),
                               "usw/s_cls_neg": scores["cls_neg"].detach()})
         return usw_losses(ce, box_loss, fg_inds, fg_mask, scores, self.lam, reg_normalizer,
-                          cls_weights)
+                          cls_weights, cls_normalizer)
 

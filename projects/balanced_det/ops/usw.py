@@ -43,25 +43,35 @@ def _group_mean(s: Tensor, mask: Tensor) -> Tensor:
 
 
 def usw_scores(raw: Tensor, fg_mask: Tensor, s_min: float = -2.0, s_max: float = 2.0,
-               pooled: bool = True) -> Dict[str, Tensor]:
-    """Clamped scores ``s = clamp(raw, s_min, s_max)`` (defaults [-2, 2]); with ``pooled``
-    (the authors' code) every positive's classification score is the mean ``s_pos`` of the
-    positives' and every negative's the mean ``s_neg`` of the negatives' (gradients flow
-    through the means).
+               pooled: bool = True, groups: bool = True) -> Dict[str, Tensor]:
+    """Clamped scores ``s = clamp(raw, s_min, s_max)`` (defaults [-2, 2]) and the regularised
+    classification term.
+
+    ``groups`` (the ROI head): the term is ``s_pos + s_neg``, the means of the positives' and
+    of the negatives' clamped classification scores, and with ``pooled`` (the authors' code)
+    every positive's classification score is ``s_pos``, every negative's ``s_neg``. Otherwise
+    (RetinaNet): the term is the mean ``s_all`` over all samples, and ``pooled`` gives every
+    sample ``s_all``. Gradients flow through the means.
 
     Args:
         raw: (R, 2) network outputs (classification, regression).
         fg_mask: (R,) bool, positives.
     Returns:
-        dict of float32 tensors: ``cls`` (R,), ``reg`` (R,), ``cls_pos`` and ``cls_neg``
-        (group means of the clamped classification scores; 0 for an empty group).
+        dict of float32 tensors: ``cls`` (R,), ``reg`` (R,), ``cls_term`` (scalar; 0 for an
+        empty group), ``cls_pos``, ``cls_neg`` (group means, for logging).
     """
     s = raw.float().clamp(min=s_min, max=s_max)
     s_cls, s_reg = s[:, 0], s[:, 1]
     pos, neg = _group_mean(s_cls, fg_mask), _group_mean(s_cls, ~fg_mask)
-    if pooled:
-        s_cls = torch.where(fg_mask, pos, neg)
-    return {"cls": s_cls, "reg": s_reg, "cls_pos": pos, "cls_neg": neg}
+    if groups:
+        term = pos + neg
+        if pooled:
+            s_cls = torch.where(fg_mask, pos, neg)
+    else:
+        term = s_cls.sum() / max(s_cls.numel(), 1)
+        if pooled:
+            s_cls = term.expand_as(s_cls)
+    return {"cls": s_cls, "reg": s_reg, "cls_term": term, "cls_pos": pos, "cls_neg": neg}
 
 
 def usw_losses(
@@ -73,25 +83,27 @@ def usw_losses(
     lam: float = 0.5,
     reg_normalizer: Union[float, Tensor] = 1.0,
     cls_weights: Optional[Tensor] = None,
+    cls_normalizer: Optional[Union[float, Tensor]] = None,
 ) -> Dict[str, Tensor]:
     """The weighted task losses and the regularisers::
 
         w = exp(-s)  (not detached)
-        loss_cls     = sum_i w_cls,i c_i CE_i / R                 (c_i: cls_weights or 1)
+        loss_cls     = sum_i w_cls,i c_i CE_i / cls_normalizer       (c_i: cls_weights or 1)
         loss_box_reg = sum_{i in pos} w_reg,i sum_k l_ik / reg_normalizer
-        loss_usw_cls = lam (s_pos + s_neg)        loss_usw_reg = lam mean_{i in pos} s_reg,i
+        loss_usw_cls = lam cls_term        loss_usw_reg = lam mean_{i in pos} s_reg,i
 
-    (``s_pos`` / ``s_neg``: group means of the clamped classification scores, as in the
-    authors' code; with pooled scores they are the pooled values.)
+    (``cls_term``: :func:`usw_scores`'s, ``s_pos + s_neg`` in the ROI head.)
 
     Args:
-        ce: (R,) cross entropy of every ROI (with its graph to the classifier).
+        ce: (R,) classification loss of every sample (ROI head: its cross entropy), with its
+            graph to the classifier.
         box_loss: (P, 4) element-wise box loss of the positives (with its graph).
         fg_inds: (P,) positives' indices; fg_mask: (R,) bool, positives.
         scores: :func:`usw_scores`'s output.
         lam: regulariser weight (default 0.5, every term of the authors' code).
         reg_normalizer: the host's box-loss normaliser (R: the sampled ROIs).
         cls_weights: (R,) other per-sample classification weights (a sampler's) or None.
+        cls_normalizer: the classification divisor; None: R (the sampled ROIs).
     Returns:
         dict of float32 scalars; zero ROIs / positives give finite zeros with a graph.
     """
@@ -99,12 +111,14 @@ def usw_losses(
     w_cls = torch.exp(-scores["cls"])
     if cls_weights is not None:
         w_cls = w_cls * cls_weights.float()
-    loss_cls = (w_cls * ce.float()).sum() / max(num_rois, 1)
+    if cls_normalizer is None:
+        cls_normalizer = max(num_rois, 1)
+    loss_cls = (w_cls * ce.float()).sum() / cls_normalizer
     w_reg = torch.exp(-scores["reg"][fg_inds])
     loss_reg = (w_reg * box_loss.float().sum(dim=1)).sum() / reg_normalizer
     return {
         "loss_cls": loss_cls,
         "loss_box_reg": loss_reg,
-        "loss_usw_cls": lam * (scores["cls_pos"] + scores["cls_neg"]),
+        "loss_usw_cls": lam * scores["cls_term"],
         "loss_usw_reg": lam * _group_mean(scores["reg"], fg_mask),
     }
