@@ -275,7 +275,8 @@ def test_roi_head_trains_with_one_or_two_images(batch):
     ({"lam": 0.0}, r"lam=0.0 is not valid; expected a number in \(0.0, inf\]"),
     ({"lam": -1}, r"lam=-1 is not valid"),
     ({"init_std": -1.0}, r"init_std=-1.0 is not valid"),
-    ({"score_min": 2.0, "score_max": 2.0}, r"score_max=2.0 is not valid; expected a number in \(2.0"),
+    ({"score_min": 2.0, "score_max": 2.0},
+     r"score_max=2.0 is not valid; expected a number in \(2.0"),
     ({"cls_weighting": "mean"}, r"cls_weighting='mean' is not valid; expected one of 'pooled'"),
 ])
 def test_bad_hyperparameters_fail_at_build_time(kw, match):

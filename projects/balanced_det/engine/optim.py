@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections import ChainMap
-from typing import Any, Dict, List, Mapping
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -75,8 +75,9 @@ class CombinedOptimizer(torch.optim.Optimizer):
             top level like a plain optimizer's, so ``optimizer.lr=...`` overrides still work.
     """
 
-    def __init__(self, params: Mapping[str, List[Dict[str, Any]]], optimizer: Any = "torch.optim.SGD",
-                 parts: Mapping[str, Mapping[str, Any]] = None, **kwargs):
+    def __init__(self, params: Mapping[str, List[Dict[str, Any]]],
+                 optimizer: Any = "torch.optim.SGD",
+                 parts: Optional[Mapping[str, Mapping[str, Any]]] = None, **kwargs):
         parts = dict(parts or {})
         specs = {DEFAULT_PART: {"type": optimizer, **kwargs}, **parts}
         if set(specs) != set(params):
@@ -106,7 +107,8 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return ChainMap(*(o.state for o in self.optimizers.values()))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.optimizers.items())})"
+        parts = ", ".join(f"{k}={v!r}" for k, v in self.optimizers.items())
+        return f"{type(self).__name__}({parts})"
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
         raise NotImplementedError("CombinedOptimizer: add the group to one of .optimizers")

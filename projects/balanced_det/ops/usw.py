@@ -16,7 +16,8 @@ USW_FEATURE_DIMS = (1, 1, 1, 4)
 
 def usw_features(num_rois: int, fg_inds: Tensor, ious: Tensor, probs_gt: Tensor, ce: Tensor,
                  box_loss: Tensor) -> Tensor:
-    """The (R, 7) detached inputs ``[iou, p_gt, CE, l_reg (4)]`` of every sampled ROI.
+    """The (R, 7) detached inputs ``[iou, p_gt, CE, l_reg (4)]`` of every sample (sampled ROI
+    or anchor).
 
     Positives (rows ``fg_inds``) carry the IoU of their regressed box with their GT, the
     softmax probability of their GT class and their 4 box-loss coordinates; negatives carry
