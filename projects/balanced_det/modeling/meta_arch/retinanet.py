@@ -26,7 +26,7 @@ from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
-from ...ops import encode_box_deltas, unique_gt_ids_from_pairs
+from ...ops import aligned_iou, encode_box_deltas, unique_gt_ids_from_pairs, usw_features
 from ...stats import anchor_generator_key, anchor_stats_counter, matcher_key
 from ...utils.checks import check_choice, check_int, check_plugin, check_range
 from ...utils.events import put_tensor_scalars
@@ -43,6 +43,7 @@ from ..losses import (
     SmoothL1Loss,
 )
 from ..samplers import ISRPWeighting
+from ..usw import SampleWeightingNet
 from .dense import BalancedDenseMixin
 
 __all__ = ["BalancedRetinaNet"]
@@ -76,6 +77,10 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         carl: a :class:`~balanced_det.modeling.losses.CARL` (sigmoid probability of the GT
             class, the element-wise box loss): adds ``loss_carl``.
         guided_loss: a :class:`~balanced_det.modeling.losses.GuidedLoss`.
+        sample_weighting: a :class:`~balanced_det.modeling.usw.SampleWeightingNet` (USW) on
+            every anchor: ``loss_cls`` and ``loss_box_reg`` weighted by ``exp(-s)``, plus
+            ``loss_usw_cls``, ``loss_usw_reg`` (docs/methods/usw.md); needs element-wise losses
+            and does not combine with ``positive_weighting``.
         prior_init, class_adaptive_thresholds: Sampling-Free's dataset-statistics options
             (this model's anchors and matcher).
     """
@@ -93,6 +98,7 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         positive_weighting: Optional[ISRPWeighting] = None,
         carl: Optional[CARL] = None,
         guided_loss: Optional[GuidedLoss] = None,
+        sample_weighting: Optional[SampleWeightingNet] = None,
         prior_init: bool = False,
         class_adaptive_thresholds: bool = False,
         **kwargs,
@@ -121,6 +127,16 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             raise ValueError(f"carl needs an element-wise box loss on deltas; "
                              f"box_reg_loss={self.box_reg_loss!r} is not one")
         self.guided_loss = check_plugin("guided_loss", guided_loss, GuidedLoss)
+        self.sample_weighting = check_plugin("sample_weighting", sample_weighting,
+                                             SampleWeightingNet)
+        if self.sample_weighting is not None and (
+                not isinstance(self.cls_loss, ElementwiseClassificationLoss)
+                or self.box_reg_loss.on_boxes
+                or not isinstance(self.box_reg_loss, ElementwiseBoxLoss)
+                or self.positive_weighting is not None):
+            raise ValueError(f"sample_weighting needs element-wise losses (cls_loss="
+                             f"{self.cls_loss!r}, box_reg_loss={self.box_reg_loss!r}) on deltas "
+                             f"and no positive_weighting ({self.positive_weighting!r})")
         self._init_dense_options(
             loss_normalizer_init=loss_normalizer_init,
             loss_normalizer_momentum=loss_normalizer_momentum, prior_init=prior_init,
@@ -206,37 +222,43 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         gt_deltas = encode_box_deltas(anchors_t.expand_as(gt_boxes), safe_gt,
                                       self.box2box_transform.weights)  # 0 off the positives
         pos_index = (pos.nonzero(as_tuple=True)
-                     if (self.positive_weighting is not None or self.carl is not None) else None)
+                     if (self.positive_weighting is not None or self.carl is not None
+                         or self.sample_weighting is not None) else None)
 
-        # ---- classification
+        # ---- classification and box regression
         anchor_w = valid.to(logits.dtype)
-        if self.positive_weighting is None:
-            loss_cls = self.cls_loss(logits, targets, anchor_w[..., None], normalizer)
+        if self.sample_weighting is not None:
+            losses = self._usw_losses(logits, targets, anchor_w, deltas, gt_deltas, gt_boxes,
+                                      gt_labels, anchors_t, pos, pos_index, normalizer)
+            loss_cls = losses["loss_cls"]
         else:
-            if matched_gt_idxs is None or num_gts is None:
-                raise ValueError("positive_weighting needs matched_gt_idxs and num_gts "
-                                 "(forward_training passes them)")
-            elements = self.cls_loss.elements(logits, targets)
-            img, anc = pos_index
-            matched = (torch.stack(list(matched_gt_idxs))
-                       if not torch.is_tensor(matched_gt_idxs) else matched_gt_idxs)
-            pred = self.box2box_transform.apply_deltas(deltas[img, anc], anchors_t[anc])
-            gt_ids = unique_gt_ids_from_pairs(img, matched[img, anc], num_gts)
-            w = self.positive_weighting(pred, gt_boxes[img, anc], gt_ids, gt_labels[img, anc],
-                                        elements[img, anc])
-            if w.numel() > 0:
-                anchor_w = anchor_w.index_put(pos_index, w)
-                put_tensor_scalars(isr_p_weight_mean=w.mean(), isr_p_weight_max=w.max())
-            loss_cls = self.cls_loss.reduce(elements, anchor_w[..., None], normalizer)
+            if self.positive_weighting is None:
+                loss_cls = self.cls_loss(logits, targets, anchor_w[..., None], normalizer)
+            else:
+                if matched_gt_idxs is None or num_gts is None:
+                    raise ValueError("positive_weighting needs matched_gt_idxs and num_gts "
+                                     "(forward_training passes them)")
+                elements = self.cls_loss.elements(logits, targets)
+                img, anc = pos_index
+                matched = (torch.stack(list(matched_gt_idxs))
+                           if not torch.is_tensor(matched_gt_idxs) else matched_gt_idxs)
+                pred = self.box2box_transform.apply_deltas(deltas[img, anc], anchors_t[anc])
+                gt_ids = unique_gt_ids_from_pairs(img, matched[img, anc], num_gts)
+                w = self.positive_weighting(pred, gt_boxes[img, anc], gt_ids, gt_labels[img, anc],
+                                            elements[img, anc])
+                if w.numel() > 0:
+                    anchor_w = anchor_w.index_put(pos_index, w)
+                    put_tensor_scalars(isr_p_weight_mean=w.mean(), isr_p_weight_max=w.max())
+                loss_cls = self.cls_loss.reduce(elements, anchor_w[..., None], normalizer)
 
-        # ---- box regression
-        if self.box_reg_loss.on_boxes:
-            pred_boxes = self.box2box_transform.apply_deltas(
-                deltas.reshape(-1, 4), anchors_t.repeat(num_images, 1)).reshape_as(deltas)
-            loss_box = self.box_reg_loss(pred_boxes, safe_gt, mask=pos, normalizer=normalizer)
-        else:
-            loss_box = self.box_reg_loss(deltas, gt_deltas, mask=pos, normalizer=normalizer)
-        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+            # ---- box regression
+            if self.box_reg_loss.on_boxes:
+                pred_boxes = self.box2box_transform.apply_deltas(
+                    deltas.reshape(-1, 4), anchors_t.repeat(num_images, 1)).reshape_as(deltas)
+                loss_box = self.box_reg_loss(pred_boxes, safe_gt, mask=pos, normalizer=normalizer)
+            else:
+                loss_box = self.box_reg_loss(deltas, gt_deltas, mask=pos, normalizer=normalizer)
+            losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box}
 
         # ---- PISA CARL
         if self.carl is not None:
@@ -256,6 +278,27 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             losses["loss_box_reg"] = reg
             put_tensor_scalars(guided_loss_ratio=r)
         return losses
+
+    def _usw_losses(self, logits, targets, anchor_w, deltas, gt_deltas, gt_boxes, gt_labels,
+                    anchors_t, pos, pos_index, normalizer) -> Dict[str, Tensor]:
+        """USW over every anchor of the batch (the authors' ``RetinaHeadV2``, with detached
+        inputs): per anchor its classification loss summed over the classes (0 for ignored
+        anchors), for positives the IoU of the regressed box with the GT, the sigmoid
+        probability of the GT class and the 4-d box loss; one classification score, the mean
+        over all anchors. Both losses / ``normalizer``."""
+        ce = (self.cls_loss.elements(logits, targets) * anchor_w[..., None]).sum(-1).reshape(-1)
+        img, anc = pos_index
+        box = self.box_reg_loss.elements(deltas[img, anc], gt_deltas[img, anc])
+        flat_pos = pos.reshape(-1)
+        fg_inds = img * pos.shape[1] + anc
+        with torch.no_grad():
+            probs = logits[img, anc, gt_labels[img, anc]].detach().sigmoid()
+            pred = self.box2box_transform.apply_deltas(
+                torch.nan_to_num(deltas[img, anc].detach(), nan=0.0), anchors_t[anc])
+            ious = aligned_iou(pred, gt_boxes[img, anc])
+            feats = usw_features(flat_pos.numel(), fg_inds, ious, probs, ce, box)
+        return self.sample_weighting.losses(feats, ce, box, fg_inds, flat_pos, normalizer,
+                                            groups=False, cls_normalizer=normalizer)
 
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images: ImageList, features: List[Tensor],
