@@ -139,3 +139,27 @@ def test_long_tail_synthetic_data_is_tagged_and_its_tail_is_rare():
     annotated = [s for s in seen if s]
     frac = [sum(j in s for s in annotated) / len(annotated) for j in range(6)]
     assert frac[0] > 0.9 and max(frac[4], frac[5]) < 0.12
+
+
+
+def test_repeat_factor_sampling_option_builds_detectron2s_sampler(tiny_lvis, root_dir):
+    import importlib
+
+    from detectron2.config import instantiate
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+
+    from balanced_det.config import load_config
+
+    path = os.path.join(root_dir, "configs", "LVISv1-InstanceSegmentation",
+                        "mask_rcnn_R_50_FPN_1x.py")
+    cfg = load_config(path)
+    cfg.dataloader.train.dataset.names = tiny_lvis["train"]
+    lvis_data = importlib.import_module("configs.common.data.lvis")
+    lvis_data.repeat_factor_sampling(cfg.dataloader, repeat_thresh=0.9)
+    sampler = instantiate(cfg.dataloader.train.sampler)
+    assert isinstance(sampler, RepeatFactorTrainingSampler)
+    factors = sampler._frac_part + sampler._int_part
+    from balanced_det.data import get_detection_dataset_dicts
+
+    dicts = get_detection_dataset_dicts(tiny_lvis["train"])  # as the loader sees them
+    assert len(factors) == len(dicts) and (factors >= 1).all() and (factors > 1).any()
