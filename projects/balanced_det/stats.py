@@ -16,7 +16,8 @@ Equalization Loss (docs/methods/eql.md).
 Every model part that wants statistics is a :class:`DatasetStatsPart` (a counter, a key,
 ``apply_dataset_stats(fg_fraction, class_counts)``); a model lists them in
 ``dataset_stats_parts()``; a part that needs only the class frequencies f_j is a
-:class:`ClassFrequencyPart` (no counter, no key). :func:`prepare_model_with_dataset_stats` is called by
+:class:`ClassFrequencyPart` (no counter, no key).
+:func:`prepare_model_with_dataset_stats` is called by
 ``balanced_det.engine.build_model`` for every model, before any checkpoint is loaded.
 
 Cache: ``$BALANCED_DET_CACHE/stats/<dataset>-<key hash>.json``. The file records the full key

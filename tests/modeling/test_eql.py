@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from detectron2.data import DatasetCatalog
 from detectron2.structures import Boxes, Instances

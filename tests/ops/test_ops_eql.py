@@ -116,5 +116,6 @@ def test_zero_rois_give_zero_with_a_graph():
 
 @pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5, float("nan"), "0.1"])
 def test_bad_lambda_names_value_and_range(bad):
-    with pytest.raises(ValueError, match=r"lambda_=.* is not valid; expected a number in \(0.0, 1.0\)"):
+    with pytest.raises(ValueError,
+                       match=r"lambda_=.* is not valid; expected a number in \(0.0, 1.0\)"):
         tail_classes(torch.tensor(FREQ), bad)

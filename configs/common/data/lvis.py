@@ -1,5 +1,5 @@
-"""LVIS v1 through detectron2's builtin registration: $DETECTRON2_DATASETS/lvis/lvis_v1_{train,val}.json
-with the COCO 2017 images in $DETECTRON2_DATASETS/coco/; the COCO loaders' augmentations, LVIS
+"""LVIS v1 through detectron2's builtin registration:
+$DETECTRON2_DATASETS/lvis/lvis_v1_{train,val}.json with the COCO 2017 images in $DETECTRON2_DATASETS/coco/; the COCO loaders' augmentations, LVIS
 evaluation (AP, APr, APc, APf; 300 detections per image)."""
 from detectron2.config import LazyCall as L
 from detectron2.data.samplers import RepeatFactorTrainingSampler
