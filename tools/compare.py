@@ -68,9 +68,15 @@ SUITES["synthetic"] = [
     ("pisa_mask_rcnn", "configs/Synthetic/pisa_mask_rcnn_effnet_lite0_FPN.py", "PISA Mask R-CNN"),
     ("sampling_free_mask_rcnn", "configs/Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py",
      "Sampling-Free Mask R-CNN"),
+    ("faster_rcnn_lt", "configs/Synthetic/faster_rcnn_long_tail_effnet_lite0_FPN.py",
+     "Faster R-CNN, long-tail data (softmax)"),
+    ("eql_faster_rcnn_lt", "configs/Synthetic/eql_faster_rcnn_effnet_lite0_FPN.py",
+     "EQL Faster R-CNN, long-tail data"),
 ]
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
-COLUMNS = METRICS + ("mask_AP", "s_per_iter", "peak_mem_mb")
+# AP of the rare / common / frequent classes (datasets whose classes carry frequency groups)
+GROUP_METRICS = ("APr", "APc", "APf")
+COLUMNS = METRICS + GROUP_METRICS + ("mask_AP", "s_per_iter", "peak_mem_mb")
 EVAL_HISTORY = "eval_history.json"  # written by balanced_det.engine.do_train
 MIN_SEEDS = 3  # fewest paired seeds for a reading of ΔAP or a convergence point
 MIN_GAIN = 0.5  # AP: a schedule has converged when its last evaluation added less
@@ -81,7 +87,7 @@ T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
 
 
 def family(name: str) -> str:
-    for fam in ("faster_rcnn", "mask_rcnn", "retinanet", "fcos"):
+    for fam in ("faster_rcnn_lt", "faster_rcnn", "mask_rcnn", "retinanet", "fcos"):
         if name.endswith(fam) or name.endswith(fam + "_refine"):
             return fam
     return name
@@ -252,6 +258,7 @@ def read_run(out: str) -> Dict[str, float]:
     times = [r["time"] for r in rows if "time" in r]
     mem = [r["peak_mem_mb"] for r in rows if "peak_mem_mb" in r]
     res = {m: float(bbox[m]) for m in METRICS}
+    res.update({m: float(bbox.get(m, float("nan"))) for m in GROUP_METRICS})
     res["mask_AP"] = float(segm["AP"]) if segm else float("nan")
     # detectron2's "time" is the median-filtered seconds per iteration; skip warm-up rows.
     res["s_per_iter"] = statistics.median(times[len(times) // 5:]) if times else float("nan")
@@ -281,9 +288,9 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str,
     """``results.md`` / ``results.csv``: one row per config; ``row["AP_by_seed"]`` (``{seed:
     AP}``) gives the paired ΔAP to the first row of the same family."""
     lines = [header, "",
-             "| method | AP | AP50 | AP75 | APs | APm | APl | mask AP | s/iter | peak MB "
-             "| ΔAP [95 % CI] | reading |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| method | AP | AP50 | AP75 | APs | APm | APl | AP_r | AP_c | AP_f | mask AP "
+             "| s/iter | peak MB | ΔAP [95 % CI] | reading |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     baselines: Dict[str, dict] = {}
     deltas = []
     for row in rows:
@@ -292,7 +299,7 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str,
         deltas.append(d)
         # "-": no value (e.g. APl without large objects in the split, mask AP of a box model)
         cells = ["-" if row[m][0] != row[m][0] else f"{row[m][0]:.1f} ± {row[m][1]:.1f}"
-                 for m in METRICS + ("mask_AP",)]
+                 for m in METRICS + GROUP_METRICS + ("mask_AP",)]
         lines.append(f"| {row['desc']} | " + " | ".join(cells) +
                      f" | {row['s_per_iter'][0]:.2f} | {row['peak_mem_mb'][0]:.0f} | " +
                      ("baseline | - |" if d is None else f"{format_delta(d)} | {d['reading']} |"))

@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Compute (or show the cached) Sampling-Free dataset statistics of a config's model.
+"""Compute (or show the cached) dataset statistics of a config's model (Sampling-Free, EQL).
 
     python tools/dataset_stats.py --config-file configs/COCO-Detection/sampling_free_retinanet_R_50_FPN_1x.py \
         --max-images 5000 [--output stats.json] [key=value ...]
 
 Counts foreground/valid samples with the model's own anchors, matchers and assignment rules
 on the training set at training-time image sizes (no network forward, no image decoding),
-with a progress bar; writes the cache entry that training reuses. ``--output`` also writes a
+with a progress bar, and the image-level class counts (EQL's class frequencies); writes the
+cache entry that training reuses. ``--output`` also writes a
 copy that ``train.dataset_stats.stats_file=<path>`` can point to.
 """
 import argparse
@@ -42,10 +43,10 @@ def main():
     stats = prepare_model_with_dataset_stats(model, cfg)
     if stats is None:
         raise SystemExit(f"{args.config_file}: this model does not use dataset statistics "
-                         "(only Sampling-Free models do)")
+                         "(Sampling-Free and EQL models do)")
     data = stats.to_json()
-    print(json.dumps({k: data[k] for k in ("num_images", "counters", "fg_fraction", "class_counts")},
-                     indent=1))
+    print(json.dumps({k: data[k] for k in ("num_images", "counters", "fg_fraction", "class_counts",
+                                           "image_counts", "num_annotated_images")}, indent=1))
     if args.output:
         atomic_write_json(args.output, data, indent=1)
         print(f"written to {args.output}")

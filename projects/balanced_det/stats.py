@@ -8,11 +8,16 @@ What is counted, per *counter* (a detector part with its own assignment rule):
 
 summed over the training images (or a fixed random subset of ``max_images`` of them) at the
 sizes the training mapper produces (its augmentations applied to the geometry only: no image
-is decoded), plus ``class_counts`` (N_j, non-crowd training instances per class).
+is decoded), plus ``class_counts`` (N_j, non-crowd training instances per class), and, over
+all training images, ``image_counts`` (images with a non-crowd instance of class j) and
+``num_annotated_images`` (images with any), whose ratio is the class frequency f_j of
+Equalization Loss (docs/methods/eql.md).
 
 Every model part that wants statistics is a :class:`DatasetStatsPart` (a counter, a key,
 ``apply_dataset_stats(fg_fraction, class_counts)``); a model lists them in
-``dataset_stats_parts()``. :func:`prepare_model_with_dataset_stats` is called by
+``dataset_stats_parts()``; a part that needs only the class frequencies f_j is a
+:class:`ClassFrequencyPart` (no counter, no key).
+:func:`prepare_model_with_dataset_stats` is called by
 ``balanced_det.engine.build_model`` for every model, before any checkpoint is loaded.
 
 Cache: ``$BALANCED_DET_CACHE/stats/<dataset>-<key hash>.json``. The file records the full key
@@ -51,6 +56,7 @@ __all__ = [
     "compute_dataset_stats",
     "prepare_model_with_dataset_stats",
     "DatasetStatsPart",
+    "ClassFrequencyPart",
     "dataset_stats_parts",
     "AnchorCache",
     "count_matched_anchors",
@@ -90,6 +96,16 @@ class DatasetStats:
     class_counts: List[int]
     num_images: int
     key: Dict[str, Any]
+    image_counts: Optional[List[int]] = None
+    num_annotated_images: Optional[int] = None
+
+    @property
+    def class_frequencies(self) -> List[float]:
+        """f_j = images containing class j / images with annotations."""
+        if self.image_counts is None or not self.num_annotated_images:
+            raise ValueError("no image-level class counts were counted (empty dataset, or "
+                             "statistics written before they were counted)")
+        return [c / self.num_annotated_images for c in self.image_counts]
 
     def __getitem__(self, name: str) -> ForegroundStats:
         if name not in self.counters:
@@ -104,6 +120,8 @@ class DatasetStats:
             "class_counts": self.class_counts,
             "counters": {k: dataclasses.asdict(v) for k, v in self.counters.items()},
             "fg_fraction": {k: v.fg_fraction for k, v in self.counters.items() if v.num_valid},
+            "image_counts": self.image_counts,
+            "num_annotated_images": self.num_annotated_images,
         }
 
     @classmethod
@@ -116,6 +134,10 @@ class DatasetStats:
             class_counts=[int(c) for c in data["class_counts"]],
             num_images=int(data["num_images"]),
             key=data["key"],
+            image_counts=(None if data.get("image_counts") is None
+                          else [int(c) for c in data["image_counts"]]),
+            num_annotated_images=(None if data.get("num_annotated_images") is None
+                                  else int(data["num_annotated_images"])),
         )
 
 
@@ -142,6 +164,22 @@ class DatasetStatsPart(metaclass=ABCMeta):
     @abstractmethod
     def apply_dataset_stats(self, fg_fraction: float, class_counts: Sequence[int]) -> None:
         """Initialise from ``N_f / N`` and the per-class instance counts ``N_j``."""
+
+
+class ClassFrequencyPart(metaclass=ABCMeta):
+    """A model part that initialises itself from the class frequencies
+    ``f_j = images containing class j / images with annotations`` of the training set
+    (Equalization Loss). Listed in ``dataset_stats_parts()`` like a :class:`DatasetStatsPart`;
+    it needs no counter and adds nothing to the cache key."""
+
+    @property
+    @abstractmethod
+    def needs_class_frequencies(self) -> bool:
+        """Whether this part uses the class frequencies."""
+
+    @abstractmethod
+    def apply_class_frequencies(self, frequencies: Sequence[float]) -> None:
+        """Initialise from f_j (C values in [0, 1])."""
 
 
 @dataclasses.dataclass
@@ -268,8 +306,11 @@ def _image_geometry(d: dict, augs: Sequence[Any]) -> Tuple[Tuple[int, int], np.n
 
 
 def compute_dataset_stats(spec: DatasetStatsSpec, counters: Dict[str, Counter],
-                          counter_key: Dict[str, Any], num_classes: int) -> DatasetStats:
-    """Count N_f / N for every counter and N_j per class, or read them from the cache."""
+                          counter_key: Dict[str, Any], num_classes: int,
+                          need_image_counts: bool = False) -> DatasetStats:
+    """Count N_f / N for every counter, N_j per class and the image-level class counts, or
+    read them from the cache (a cached file without image-level counts is recomputed when
+    ``need_image_counts``)."""
     names = [spec.dataset_names] if isinstance(spec.dataset_names, str) else list(spec.dataset_names)
     dicts = get_detection_dataset_dicts(names, filter_empty=spec.filter_empty)
     key = {
@@ -293,6 +334,10 @@ def compute_dataset_stats(spec: DatasetStatsSpec, counters: Dict[str, Counter],
             raise DatasetStatsMismatchError(
                 f"stats_file {spec.stats_file} is missing or unreadable; remove the setting to "
                 "compute the statistics, or run tools/dataset_stats.py to write it")
+        if need_image_counts and stats.image_counts is None:
+            raise DatasetStatsMismatchError(
+                f"stats_file {spec.stats_file} has no image-level class counts; recompute it "
+                "with tools/dataset_stats.py")
         if stats.key != key:
             diff = sorted(k for k in set(key) | set(stats.key) if key.get(k) != stats.key.get(k))
             raise DatasetStatsMismatchError(
@@ -312,6 +357,9 @@ def compute_dataset_stats(spec: DatasetStatsSpec, counters: Dict[str, Counter],
         stats = _read(path)
         if stats is not None and stats.key != key:
             logger.warning("%s holds statistics for other settings; recomputing", path)
+            stats = None
+        if stats is not None and need_image_counts and stats.image_counts is None:
+            logger.info("%s has no image-level class counts; recomputing", path)
             stats = None
         if stats is None:
             stats = _count(dicts, spec, counters, key, num_classes)
@@ -343,12 +391,17 @@ def _count(dicts, spec: DatasetStatsSpec, counters: Dict[str, Counter], key, num
         order = np.sort(rng.choice(len(dicts), size=spec.max_images, replace=False))
     totals = {name: [0, 0] for name in counters}
     class_counts = np.zeros(num_classes, dtype=np.int64)
+    image_counts, num_annotated = _image_class_counts(dicts, num_classes)
     # Augmentations draw from numpy's global RNG: seed it for repeatable sizes, then restore.
     state = np.random.get_state()
     np.random.seed(spec.seed)
     try:
         for i in tqdm(order, desc=f"dataset statistics ({'+'.join(key['datasets'])})",
                       unit="img", mininterval=2.0):
+            if not counters:  # class counts only: no geometry
+                class_counts += np.bincount(_instance_classes(dicts[i]),
+                                            minlength=num_classes)[:num_classes]
+                continue
             (h, w), boxes, classes = _image_geometry(dicts[i], spec.augmentations)
             if spec.size_divisibility > 1:
                 s = spec.size_divisibility
@@ -364,7 +417,27 @@ def _count(dicts, spec: DatasetStatsSpec, counters: Dict[str, Counter], key, num
         np.random.set_state(state)
     return DatasetStats(
         counters={k: ForegroundStats(*v) for k, v in totals.items()},
-        class_counts=class_counts.tolist(), num_images=int(len(order)), key=key)
+        class_counts=class_counts.tolist(), num_images=int(len(order)), key=key,
+        image_counts=image_counts.tolist(), num_annotated_images=num_annotated)
+
+
+def _instance_classes(d: dict) -> np.ndarray:
+    """Classes of an image's non-crowd instances."""
+    return np.array([a["category_id"] for a in d.get("annotations", []) if not a.get("iscrowd", 0)],
+                    dtype=np.int64)
+
+
+def _image_class_counts(dicts: List[dict], num_classes: int) -> Tuple[np.ndarray, int]:
+    """(images containing a non-crowd instance of class j (C,), images with any)."""
+    counts = np.zeros(num_classes, dtype=np.int64)
+    annotated = 0
+    for d in dicts:
+        classes = np.unique(_instance_classes(d))
+        classes = classes[classes < num_classes]
+        if classes.size:
+            annotated += 1
+            counts[classes] += 1
+    return counts, annotated
 
 
 def stats_spec_from_config(cfg) -> DatasetStatsSpec:
@@ -391,7 +464,9 @@ def dataset_stats_parts(model) -> Dict[str, DatasetStatsPart]:
     """The parts of ``model`` that use dataset statistics (``{}`` when none does)."""
     get = getattr(model, "dataset_stats_parts", None)
     parts = get() if callable(get) else {}
-    return {name: part for name, part in parts.items() if part.needs_dataset_stats}
+    return {name: part for name, part in parts.items()
+            if (part.needs_class_frequencies if isinstance(part, ClassFrequencyPart)
+                else part.needs_dataset_stats)}
 
 
 def prepare_model_with_dataset_stats(model, cfg) -> Optional[DatasetStats]:
@@ -404,12 +479,17 @@ def prepare_model_with_dataset_stats(model, cfg) -> Optional[DatasetStats]:
     spec.size_divisibility = int(getattr(model.backbone, "size_divisibility", 0) or 0)
     meta = MetadataCatalog.get(spec.dataset_names[0])
     num_classes = len(getattr(meta, "thing_classes", []) or []) or _num_classes(model)
-    counters = {name: part.dataset_stats_counter() for name, part in parts.items()}
-    key = {name: part.dataset_stats_key() for name, part in parts.items()}
+    sample_parts = {n: p for n, p in parts.items() if not isinstance(p, ClassFrequencyPart)}
+    counters = {name: part.dataset_stats_counter() for name, part in sample_parts.items()}
+    key = {name: part.dataset_stats_key() for name, part in sample_parts.items()}
     with torch.no_grad():
-        stats = compute_dataset_stats(spec, counters, key, num_classes)
+        stats = compute_dataset_stats(spec, counters, key, num_classes,
+                                      need_image_counts=len(sample_parts) < len(parts))
     for name, part in parts.items():
-        part.apply_dataset_stats(stats[name].fg_fraction, stats.class_counts)
+        if isinstance(part, ClassFrequencyPart):
+            part.apply_class_frequencies(stats.class_frequencies)
+        else:
+            part.apply_dataset_stats(stats[name].fg_fraction, stats.class_counts)
     return stats
 
 

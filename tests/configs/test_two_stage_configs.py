@@ -17,9 +17,11 @@ from conftest import all_config_files, rel
 from helpers import tiny_cfg
 
 setup_logger(name="balanced_det")
-METHODS = ("ohem_", "libra_", "pisa_", "sampling_free_", "usw_")
+METHODS = ("ohem_", "libra_", "pisa_", "sampling_free_", "usw_", "eql_")
+# method configs, and the LVIS baseline (the other baselines: tests/engine/test_train_smoke.py)
 TWO_STAGE = [p for p in all_config_files()
-             if "rcnn" in rel(p) and rel(p).split("/")[-1].startswith(METHODS)]
+             if "rcnn" in rel(p) and (rel(p).split("/")[-1].startswith(METHODS)
+                                      or rel(p).startswith("LVISv1-"))]
 
 
 def test_every_method_has_its_configs():
@@ -32,10 +34,13 @@ def test_every_method_has_its_configs():
         assert f"COCO-InstanceSegmentation/{m}_mask_rcnn_R_50_FPN_1x.py" in names
         assert f"Synthetic/{m}_mask_rcnn_effnet_lite0_FPN.py" in names
     assert "COCO-Detection/pisa_libra_faster_rcnn_R_50_FPN_1x.py" in names
+    assert {"LVISv1-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.py",
+            "LVISv1-InstanceSegmentation/eql_mask_rcnn_R_50_FPN_1x.py",
+            "Synthetic/eql_faster_rcnn_effnet_lite0_FPN.py"} <= names
 
 
 CPU = [p for p in TWO_STAGE if rel(p).startswith("Synthetic/")]
-COCO = [p for p in TWO_STAGE if rel(p).startswith("COCO-")]
+COCO = [p for p in TWO_STAGE if rel(p).startswith(("COCO-", "LVISv1-"))]
 TREES = [p for p in TWO_STAGE if rel(p).startswith("Trees/")]
 
 
@@ -62,7 +67,7 @@ def test_cpu_method_config_trains_and_evaluates(path, tmp_path, monkeypatch):
     if "mask_rcnn" in path:
         assert "segm" in results
     assert (tmp_path / "model_final.pth").exists()
-    if "sampling_free" in path:
+    if rel(path).split("/")[-1].startswith(("sampling_free_", "eql_")):
         assert list((tmp_path / "cache" / "stats").glob("*.json"))
 
 
@@ -121,7 +126,8 @@ def _empty(h=96, w=128, masks=False):
 LITE0 = [p for p in TWO_STAGE if rel(p) in (
     "Synthetic/ohem_faster_rcnn_effnet_lite0_FPN.py",
     "Synthetic/pisa_mask_rcnn_effnet_lite0_FPN.py",
-    "Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py")]
+    "Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py",
+    "Synthetic/eql_faster_rcnn_effnet_lite0_FPN.py")]
 
 
 @pytest.mark.parametrize("path", LITE0, ids=rel)

@@ -12,7 +12,7 @@ from helpers import tiny_cfg
 setup_logger(name="balanced_det")
 BASELINES = [p for p in all_config_files() if rel(p).startswith(("COCO-", "Synthetic/", "Trees/"))
              and not rel(p).split("/")[-1].startswith(("ohem_", "libra_", "pisa_", "sampling_free_",
-                                                        "ghm_", "dw_"))]
+                                                        "ghm_", "dw_", "eql_"))]
 
 
 @pytest.mark.slow

@@ -11,7 +11,11 @@ from detectron2.config import LazyCall as L
 from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
 from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
-from balanced_det.modeling.roi_heads import BalancedFastRCNNOutputLayers, BalancedROIHeads
+from balanced_det.modeling.roi_heads import (
+    BalancedFastRCNNOutputLayers,
+    BalancedROIHeads,
+    EQLFastRCNNOutputLayers,
+)
 from balanced_det.modeling.rpn import BalancedRPN
 from balanced_det.modeling.samplers import (
     AllSampler,
@@ -139,3 +143,20 @@ def usw_optimizer(optimizer, lr=1e-3, weight_decay=1e-4):
     """Adam(``lr``, ``weight_decay``) on USW's network next to ``optimizer`` on the rest."""
     return with_part_optimizer(optimizer, "sample_weighting", USW_PARAMS, lr=lr,
                                weight_decay=weight_decay)
+
+
+def eql(model, lambda_):
+    """Equalization Loss: the ROI box predictor becomes ``EQLFastRCNNOutputLayers``, a sigmoid
+    classifier over the C classes (no background logit, prior probability 0.001) trained with
+    the equalization loss of tail threshold ``lambda_`` (LVIS v0.5: 0.00177, v1: 0.0011) on
+    the class frequencies of the training set (``BalancedRCNN`` counts them before training);
+    inference with sigmoid scores, score threshold 1e-4 and 300 detections per image, as the
+    authors' LVIS configs. RPN, ROI sampling, box loss and mask head as the baseline."""
+    model._target_ = BalancedRCNN
+    balanced_roi_heads(model)
+    bp = model.roi_heads.box_predictor
+    bp._target_ = EQLFastRCNNOutputLayers
+    bp.lambda_ = lambda_
+    bp.test_score_thresh = 1e-4
+    bp.test_topk_per_image = 300
+    return model

@@ -7,6 +7,7 @@ from .datasets import (
     ensure_dataset,
     get_detection_dataset_dicts,
     register_coco_style,
+    register_lvis_style,
     register_synthetic,
 )
 from .synthetic import SyntheticSpec, generate_synthetic

@@ -1,4 +1,5 @@
-"""Dataset registration: ``trees_*``, ``synthetic_*``, and checks for detectron2's builtin COCO.
+"""Dataset registration: ``trees_*``, ``synthetic_*``, LVIS-format files, and checks for
+detectron2's builtin COCO and LVIS.
 
 Registered in detectron2's ``DatasetCatalog``/``MetadataCatalog`` when ``balanced_det`` is
 imported. Conversion/generation happens on first use (``DatasetCatalog.get`` or
@@ -6,6 +7,7 @@ imported. Conversion/generation happens on first use (``DatasetCatalog.get`` or
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -14,9 +16,9 @@ from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data import get_detection_dataset_dicts as _d2_get_detection_dataset_dicts
-from detectron2.data.datasets import load_coco_json
+from detectron2.data.datasets import load_coco_json, load_lvis_json
 
-from .synthetic import SHAPES, SyntheticSpec, generate_synthetic
+from .synthetic import LONG_TAIL_FRACTIONS, SHAPES, SyntheticSpec, generate_synthetic
 from .trees import convert_trees
 from .validation import DatasetError, validate_dataset_dicts
 
@@ -26,14 +28,18 @@ __all__ = [
     "ensure_dataset",
     "get_detection_dataset_dicts",
     "register_coco_style",
+    "register_lvis_style",
     "register_synthetic",
     "DEFAULT_SYNTHETIC",
+    "LONG_TAIL_SYNTHETIC",
 ]
 
 logger = logging.getLogger(__name__)
 
 _MATERIALIZERS: Dict[str, Callable[[], Tuple[str, str]]] = {}
 DEFAULT_SYNTHETIC = SyntheticSpec()
+#: ``synthetic_lt_*``: the rarest classes in a few percent of the images (docs/methods/eql.md)
+LONG_TAIL_SYNTHETIC = SyntheticSpec(class_image_fractions=LONG_TAIL_FRACTIONS)
 
 
 class DatasetFilesNotFoundError(FileNotFoundError):
@@ -64,16 +70,35 @@ def register_coco_style(
     MetadataCatalog.get(name).set(thing_classes=list(thing_classes), evaluator_type="coco")
 
 
+def register_lvis_style(name: str, json_file: str, image_root: str) -> None:
+    """Register an LVIS-format dataset (``coco_url`` gives ``<image_root><split>/<file>``;
+    categories with ids 1..C and ``frequency`` tags r/c/f) under its own class names, for
+    LVIS evaluation (``evaluator_type="lvis"``). detectron2's ``lvis_v1_*`` are registered
+    by detectron2 itself."""
+    if name in DatasetCatalog.list():
+        raise ValueError(f"dataset {name!r} is already registered")
+    with open(json_file) as f:
+        cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+    if [c["id"] for c in cats] != list(range(1, len(cats) + 1)):
+        raise DatasetError(f"dataset {name!r}: {json_file} category ids must be 1..C")
+    DatasetCatalog.register(name, lambda: _load_json_checked(
+        name, json_file, lambda: load_lvis_json(json_file, image_root)))
+    MetadataCatalog.get(name).set(thing_classes=[c["name"] for c in cats], json_file=json_file,
+                                  image_root=image_root, evaluator_type="lvis")
+
+
 def _coco_hint(name: str) -> str:
     root = os.environ.get("DETECTRON2_DATASETS")
     where = f"DETECTRON2_DATASETS={root!r}" if root else "DETECTRON2_DATASETS is not set (default './datasets')"
-    return (
-        f"{where}. Set DETECTRON2_DATASETS to the folder that contains coco/ "
-        "(coco/annotations/instances_{train,val}2017.json, coco/train2017/, coco/val2017/) "
-        "before starting; see README, 'Data'."
-        if name.startswith("coco")
-        else f"{where}. See detectron2's datasets/README.md for the expected layout."
-    )
+    if name.startswith("coco"):
+        return (f"{where}. Set DETECTRON2_DATASETS to the folder that contains coco/ "
+                "(coco/annotations/instances_{train,val}2017.json, coco/train2017/, "
+                "coco/val2017/) before starting; see README, 'Data'.")
+    if name.startswith("lvis"):
+        return (f"{where}. Set DETECTRON2_DATASETS to the folder that contains lvis/ "
+                "(lvis/lvis_v1_{train,val}.json) and coco/ (coco/train2017/, coco/val2017/: "
+                "LVIS uses the COCO 2017 images) before starting; see README, 'Data'.")
+    return f"{where}. See detectron2's datasets/README.md for the expected layout."
 
 
 def ensure_dataset(name: str) -> Tuple[str, str]:
@@ -159,10 +184,13 @@ def _synthetic_split(spec: SyntheticSpec, split: str) -> Tuple[str, str]:
 
 
 def register_synthetic(name: str, spec: SyntheticSpec, split: str) -> None:
-    """Register a synthetic dataset made by ``spec`` (any size; tests register tiny ones)."""
+    """Register a synthetic dataset made by ``spec`` (any size; tests register tiny ones);
+    with ``class_image_fractions`` its metadata has ``frequency_groups`` (r/c/f per class)."""
     register_coco_style(
         name, functools.partial(_synthetic_split, spec, split), list(SHAPES[: spec.num_classes])
     )
+    if spec.frequency_groups() is not None:
+        MetadataCatalog.get(name).set(frequency_groups=spec.frequency_groups())
 
 
 def _check_builtin_coco_files(name: str, load: Callable):
@@ -181,6 +209,10 @@ def register_all() -> None:
         register_coco_style(f"trees_{split}", functools.partial(_trees_split, split), ["Tree"],
                             extra_annotation_keys=("source_label",))
         register_synthetic(f"synthetic_{split}", DEFAULT_SYNTHETIC, split)
+    register_synthetic("synthetic_lt_train", LONG_TAIL_SYNTHETIC, "train")
+    # 400 validation images, so that the rare classes have a few dozen instances
+    register_synthetic("synthetic_lt_val", dataclasses.replace(LONG_TAIL_SYNTHETIC, num_images=400),
+                       "val")
     # detectron2's builtin COCO-format datasets (registered at import of detectron2.data from
     # $DETECTRON2_DATASETS): fail with the path looked for and how to provide it.
     for name in DatasetCatalog.list():

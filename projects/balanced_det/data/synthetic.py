@@ -5,6 +5,14 @@ and shapes that belong to no class), many objects per image, long-tailed class f
 (class k drawn with probability proportional to 1/(k+1)) and a fraction of images without
 any object. Every object has a polygon segmentation, so Mask R-CNN trains on it too.
 
+Long-tail option (``class_image_fractions``, :data:`LONG_TAIL_FRACTIONS`): class k may appear
+only in a random fraction ``a_k`` of the images (drawn per image); the objects of an image are
+drawn among its allowed classes with the same 1/(k+1) weights. So the image frequency of class
+k is about ``(1 - empty_fraction) a_k`` however many objects an image holds, and the rarest
+classes can be made to occur in a few percent of the images (what Equalization Loss is for).
+:meth:`SyntheticSpec.frequency_groups` tags the classes r/c/f from ``a_k`` as LVIS tags its
+categories from their training image counts.
+
 The same :class:`SyntheticSpec` always produces byte-identical JSON and images.
 """
 from __future__ import annotations
@@ -15,19 +23,25 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .cache import atomic_write_json, build_dir_atomically, cache_dir
 
-__all__ = ["SHAPES", "SyntheticSpec", "generate_synthetic", "shape_polygon"]
+__all__ = ["SHAPES", "SyntheticSpec", "LONG_TAIL_FRACTIONS", "generate_synthetic",
+           "shape_polygon"]
 
 logger = logging.getLogger(__name__)
 
 SHAPES = ("circle", "square", "triangle", "cross", "star", "hexagon")
 _FORMAT_VERSION = 1
+#: ``class_image_fractions`` of the long-tailed synthetic datasets: classes 0-1 frequent,
+#: 2-3 common, 4-5 rare (in about 4 % and 2 % of the images)
+LONG_TAIL_FRACTIONS = (1.0, 0.6, 0.25, 0.12, 0.045, 0.022)
+#: r/c/f boundaries on ``a_k`` (:meth:`SyntheticSpec.frequency_groups`)
+RARE_BELOW, COMMON_BELOW = 0.05, 0.3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +55,8 @@ class SyntheticSpec:
     empty_fraction: float = 0.1
     clutter: int = 12
     seed: int = 0
+    #: per class, the probability that an image may contain it (None: every class everywhere)
+    class_image_fractions: Optional[Tuple[float, ...]] = None
 
     def __post_init__(self):
         if not 1 <= self.num_classes <= len(SHAPES):
@@ -54,13 +70,28 @@ class SyntheticSpec:
             )
         if not 0.0 <= self.empty_fraction <= 1.0:
             raise ValueError(f"empty_fraction must be in [0, 1], got {self.empty_fraction}")
+        a = self.class_image_fractions
+        if a is not None and (len(a) != self.num_classes or not all(0 < x <= 1 for x in a)):
+            raise ValueError(f"class_image_fractions={a!r} is not valid; expected "
+                             f"{self.num_classes} numbers in (0, 1]")
 
     def digest(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True) + f"v{_FORMAT_VERSION}"
+        fields = dataclasses.asdict(self)
+        if fields["class_image_fractions"] is None:  # the digest of the datasets made before
+            del fields["class_image_fractions"]
+        text = json.dumps(fields, sort_keys=True) + f"v{_FORMAT_VERSION}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def categories(self) -> List[dict]:
         return [{"id": k + 1, "name": SHAPES[k]} for k in range(self.num_classes)]
+
+    def frequency_groups(self) -> Optional[List[str]]:
+        """LVIS-style tag per class: ``"r"`` if ``a_k < 0.05``, ``"c"`` if ``a_k < 0.3``,
+        else ``"f"`` (None without ``class_image_fractions``)."""
+        if self.class_image_fractions is None:
+            return None
+        return ["r" if a < RARE_BELOW else "c" if a < COMMON_BELOW else "f"
+                for a in self.class_image_fractions]
 
 
 def shape_polygon(shape: str, cx: float, cy: float, size: float, angle: float) -> np.ndarray:
@@ -133,8 +164,13 @@ def _render_image(spec: SyntheticSpec, split_seed: int, index: int):
             pts = np.stack([c[0] + np.cos(t) * rad, c[1] + np.sin(t) * rad], 1)
             draw.polygon([tuple(v) for v in pts], fill=_random_colour(rng))
     probs = 1.0 / np.arange(1, spec.num_classes + 1)
-    probs /= probs.sum()
     n = 0 if rng.random() < spec.empty_fraction else int(rng.integers(1, spec.max_objects + 1))
+    if spec.class_image_fractions is not None:
+        fractions = np.asarray(spec.class_image_fractions)
+        allowed = rng.random(spec.num_classes) < fractions
+        allowed[int(np.argmax(fractions))] = True
+        probs = probs * allowed
+    probs /= probs.sum()
     placed: List[np.ndarray] = []
     annotations = []
     for _ in range(n):

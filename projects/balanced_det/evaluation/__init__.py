@@ -1,3 +1,4 @@
 from .coco import COCOEvaluator
+from .lvis import LVISEvaluator
 
-__all__ = ["COCOEvaluator"]
+__all__ = ["COCOEvaluator", "LVISEvaluator"]

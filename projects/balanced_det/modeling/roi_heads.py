@@ -7,14 +7,17 @@ classification weight, and applies ``positive_weighting`` (ISR-P) after the trai
 :class:`BalancedFastRCNNOutputLayers` (a ``FastRCNNOutputLayers``) consumes the weights and
 takes ``box_reg_loss``, ``carl`` and ``guided_loss`` objects (:mod:`balanced_det.modeling.losses`)
 and the Sampling-Free flags ``prior_init`` / ``class_adaptive_thresholds``. With every option
-at its default both are exactly detectron2's classes. Method pages: docs/methods/.
+at its default both are exactly detectron2's classes. :class:`EQLFastRCNNOutputLayers` is the
+sigmoid predictor of Equalization Loss. Method pages: docs/methods/.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat, cross_entropy, nonzero_tuple
@@ -23,7 +26,8 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ..ops import aligned_iou, softmax_prior_bias, usw_features
+from ..ops import aligned_iou, eql_loss, softmax_prior_bias, tail_classes, usw_features
+from ..stats import ClassFrequencyPart
 from ..utils.checks import check_choice, check_int, check_plugin, check_range
 from ..utils.events import put_tensor_scalars
 from ..utils.signature import with_base_signature
@@ -33,11 +37,18 @@ from .samplers import BoxHeadProbe, ISRPWeighting, SampleCandidates, Sampler, re
 from .sampling_free import ClassScoreThresholds
 from .usw import SampleWeightingNet
 
-__all__ = ["BalancedROIHeads", "BalancedFastRCNNOutputLayers"]
+__all__ = ["BalancedROIHeads", "BalancedFastRCNNOutputLayers", "EQLFastRCNNOutputLayers"]
 
 BOX_NORMALIZERS = ("rois", "positives")
 #: detectron2's own box losses (others, e.g. Balanced L1, are ``box_reg_loss`` objects)
 D2_BOX_LOSSES = ("smooth_l1", "giou", "diou", "ciou")
+
+
+def _sample_weights(proposals: List[Instances]) -> Optional[torch.Tensor]:
+    """The proposals' per-sample classification weights (float32), when every one has them."""
+    if len(proposals) and all(p.has("cls_weights") for p in proposals):
+        return cat([p.cls_weights for p in proposals], dim=0).float()
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,22 +186,13 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
                 proposal_boxes = gt_boxes = torch.empty((0, 4), device=proposal_deltas.device)
             num_rois = gt_classes.numel()
 
-            weights = None
-            if len(proposals) and all(p.has("cls_weights") for p in proposals):
-                weights = cat([p.cls_weights for p in proposals], dim=0).float()
             if self.sample_weighting is not None:
                 losses, fg_inds, elem = self._usw_losses(scores, proposal_deltas, gt_classes,
-                                                          proposal_boxes, gt_boxes, weights)
+                                                          proposal_boxes, gt_boxes,
+                                                          _sample_weights(proposals))
                 loss_cls = losses["loss_cls"]
             else:
-                if weights is None:
-                    loss_cls = cross_entropy(scores, gt_classes, reduction="mean")
-                elif num_rois == 0:
-                    loss_cls = scores.sum() * 0.0
-                else:
-                    ce = F.cross_entropy(scores, gt_classes, reduction="none")
-                    loss_cls = (weights * ce).sum() / num_rois
-
+                loss_cls = self.classification_loss(scores, gt_classes, proposals)
                 if self.box_loss is not None:
                     fg_inds, fg_pred, fg_target = self._fg_regression(
                         proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
@@ -250,6 +252,18 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             self._box_normalizer(fg_inds.numel(), num_rois, proposal_boxes.shape[1]), weights)
         return losses, fg_inds, elem
 
+    def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor,
+                            proposals: List[Instances]) -> torch.Tensor:
+        """Softmax cross entropy: ``sum_i w_i CE_i / #ROIs`` when every proposal carries
+        ``cls_weights``, otherwise detectron2's mean (float32 ``scores``)."""
+        weights = _sample_weights(proposals)
+        if weights is None:
+            return cross_entropy(scores, gt_classes, reduction="mean")
+        if gt_classes.numel() == 0:
+            return scores.sum() * 0.0
+        ce = F.cross_entropy(scores, gt_classes, reduction="none")
+        return (weights * ce).sum() / gt_classes.numel()
+
     def _log_classification_stats(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
         """detectron2's ``fast_rcnn/*`` accuracy statistics, logged without a host sync."""
         if gt_classes.numel() == 0:
@@ -279,6 +293,89 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             for b, s, p in zip(boxes, scores, proposals)
         ]
         return [x[0] for x in out], [x[1] for x in out]
+
+
+@with_base_signature
+class EQLFastRCNNOutputLayers(BalancedFastRCNNOutputLayers, ClassFrequencyPart):
+    """Equalization Loss box predictor (docs/methods/eql.md): a sigmoid classifier over the C
+    classes (no background logit) trained with ``sum_ij w_ij BCE(x_ij, y_ij) / R``,
+    ``w_ij = 1 - E_i T_lambda(f_j) (1 - y_ij)`` (:func:`balanced_det.ops.eql_loss`).
+
+    Args (in addition to :class:`BalancedFastRCNNOutputLayers`'s, of which ``box_reg_loss``,
+    ``box_reg_normalizer`` and ``guided_loss`` apply; ``carl``, ``prior_init`` and
+    ``class_adaptive_thresholds`` are softmax-only and refused):
+        lambda_: the tail threshold, in (0, 1): class j is a tail class iff ``f_j < lambda_``
+            (LVIS v0.5: 0.00177, v1: 0.0011).
+        prior_prob: initial probability of every class, ``bias = -log((1 - pi) / pi)``
+            (0.001; the weight is N(0, 0.01)).
+
+    The frequencies ``f_j`` (images containing class j / images with annotations) come from
+    the training set's statistics (:class:`~balanced_det.stats.ClassFrequencyPart`, applied by
+    ``BalancedRCNN``) and are kept in the buffer ``class_frequencies`` (saved in checkpoints);
+    training without them fails. Box regression (class-specific or agnostic) trains on every
+    foreground ROI, the last class included. Inference: ``sigmoid`` scores per class, then
+    detectron2's ``fast_rcnn_inference`` (the configs set threshold 1e-4, 300 detections).
+    """
+
+    supports_sample_weights = False
+
+    @configurable
+    def __init__(self, input_shape, *, lambda_: float, prior_prob: float = 0.001, **kwargs):
+        for name in ("carl", "prior_init", "class_adaptive_thresholds"):
+            if kwargs.get(name):
+                raise ValueError(f"{name}={kwargs[name]!r} is not valid with "
+                                 "EQLFastRCNNOutputLayers; expected None/False (softmax only)")
+        super().__init__(input_shape, **kwargs)
+        self.lambda_ = check_range("lambda_", lambda_, 0.0, 1.0, low_open=True, high_open=True)
+        pi = check_range("prior_prob", prior_prob, 0.0, 1.0, low_open=True, high_open=True)
+        self.cls_score = nn.Linear(self.cls_score.in_features, self.num_classes)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.constant_(self.cls_score.bias, -math.log((1 - pi) / pi))
+        self.register_buffer("class_frequencies", torch.full((self.num_classes,), float("nan")))
+        self._has_frequencies = False
+
+    @property
+    def needs_class_frequencies(self) -> bool:
+        return True
+
+    @torch.no_grad()
+    def apply_class_frequencies(self, frequencies: Sequence[float]) -> None:
+        """Set ``f_j`` (C values in [0, 1])."""
+        f = torch.as_tensor(list(frequencies), dtype=torch.float32)
+        if f.shape != (self.num_classes,) or not bool(((f >= 0) & (f <= 1)).all()):
+            raise ValueError(f"frequencies={list(frequencies)!r} is not valid; expected "
+                             f"{self.num_classes} values in [0, 1]")
+        self.class_frequencies.copy_(f.to(self.class_frequencies.device))
+        self._has_frequencies = True
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if prefix + "class_frequencies" in state_dict:
+            self._has_frequencies = True
+
+    def tail_classes(self) -> torch.Tensor:
+        """(C,) bool, ``T_lambda(f_j) = [f_j < lambda]``."""
+        return tail_classes(self.class_frequencies, self.lambda_)
+
+    def classification_loss(self, scores, gt_classes, proposals):
+        """Equalization loss over the C sigmoid logits, / sampled ROIs."""
+        if not self._has_frequencies:
+            raise RuntimeError(
+                "EQLFastRCNNOutputLayers has no class frequencies: build the model with "
+                "balanced_det.engine.build_model (a BalancedRCNN applies the dataset "
+                "statistics) or call apply_class_frequencies first")
+        return eql_loss(scores, gt_classes, self.tail_classes())
+
+    def _log_classification_stats(self, scores, gt_classes):
+        # A zero logit stands for background: predicted background iff every sigmoid < 0.5.
+        super()._log_classification_stats(F.pad(scores, (0, 1)), gt_classes)
+
+    def predict_probs(self, predictions, proposals: List[Instances]):
+        """Per-class sigmoid probabilities (no renormalisation) and a zero background column,
+        which ``fast_rcnn_inference`` drops: (R_i, C + 1) per image."""
+        scores, _ = predictions
+        probs = F.pad(torch.sigmoid(scores.float()), (0, 1))
+        return probs.split([len(p) for p in proposals], dim=0)
 
 
 def _inference_single_image(boxes, scores, image_shape, score_thresh: torch.Tensor,

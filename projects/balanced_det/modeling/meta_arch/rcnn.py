@@ -1,11 +1,12 @@
 """Generalized R-CNN that initialises its Sampling-Free parts from dataset statistics."""
 from __future__ import annotations
 
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Sequence, Union
 
 from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from ...stats import (
     AnchorCache,
+    ClassFrequencyPart,
     DatasetStatsPart,
     anchor_generator_key,
     count_matched_anchors,
@@ -21,13 +22,17 @@ class BalancedRCNN(GeneralizedRCNN):
     dataset statistics (:class:`~balanced_det.stats.DatasetStatsPart`) are listed by
     :meth:`dataset_stats_parts`: ``"rpn"`` (a ``BalancedRPN`` with ``prior_init``) and
     ``"roi_heads"`` (a ``BalancedROIHeads`` whose predictor uses them, counted by
-    :class:`InitialProposalStats` from the RPN's anchors)."""
+    :class:`InitialProposalStats` from the RPN's anchors) and ``"class_frequencies"`` (a box
+    predictor that is a :class:`~balanced_det.stats.ClassFrequencyPart`, Equalization Loss)."""
 
-    def dataset_stats_parts(self) -> Dict[str, DatasetStatsPart]:
-        parts: Dict[str, DatasetStatsPart] = {}
+    def dataset_stats_parts(self) -> Dict[str, Union[DatasetStatsPart, ClassFrequencyPart]]:
+        parts: Dict[str, Union[DatasetStatsPart, ClassFrequencyPart]] = {}
         rpn, roi = self.proposal_generator, self.roi_heads
         if isinstance(rpn, DatasetStatsPart):
             parts["rpn"] = rpn
+        predictor = getattr(roi, "box_predictor", None)
+        if isinstance(predictor, ClassFrequencyPart):
+            parts["class_frequencies"] = predictor
         if getattr(roi, "needs_dataset_stats", False):
             if rpn is None or not hasattr(rpn, "anchor_generator"):
                 raise ValueError(
