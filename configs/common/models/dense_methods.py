@@ -11,6 +11,7 @@ from detectron2.config import LazyCall as L
 from balanced_det.modeling.losses import (
     CARL,
     BalancedL1Loss,
+    FocalLossStar,
     GHMCLoss,
     GHMRLoss,
     GuidedLoss,
@@ -69,6 +70,22 @@ def sampling_free_retinanet(model):
     model.guided_loss = L(GuidedLoss)(w_cls=1.0, w_reg=1.0)
     model.prior_init = True
     model.class_adaptive_thresholds = True
+    return model
+
+
+def fl_star_retinanet(model, gamma=2.0, beta=1.0):
+    """FL* instead of focal loss (alpha 0.25; gamma 2, beta 1 by default, the paper's first
+    setting; its other one is gamma 4, beta 0). Anchors, matcher, box loss, normaliser, prior
+    and inference: the baseline's. See docs/methods/fl_star.md."""
+    balanced_retinanet(model)
+    model.cls_loss = L(FocalLossStar)(alpha=0.25, gamma=gamma, beta=beta)
+    return model
+
+
+def fl_star_fcos(model, gamma=2.0, beta=1.0):
+    """FL* instead of FCOS's focal loss (alpha 0.25, ``gamma``, ``beta`` as
+    :func:`fl_star_retinanet`); everything else is FCOS's."""
+    model.cls_loss = L(FocalLossStar)(alpha=0.25, gamma=gamma, beta=beta)
     return model
 
 

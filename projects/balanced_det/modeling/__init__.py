@@ -10,6 +10,7 @@ from .losses import (
     BoxRegressionLoss,
     ClassificationLoss,
     FocalLoss,
+    FocalLossStar,
     GHMCLoss,
     GHMRLoss,
     GIoULoss,
