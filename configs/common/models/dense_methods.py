@@ -16,7 +16,10 @@ from balanced_det.modeling.losses import (
     GHMRLoss,
     GuidedLoss,
     SigmoidBCELoss,
+    SmoothL1Loss,
+    SoftTargetFocalLoss,
 )
+from balanced_det.modeling.assigners import NoisyAnchorAssigner
 from balanced_det.modeling.meta_arch.dw_fcos import DWFCOS
 from balanced_det.modeling.meta_arch.retinanet import BalancedRetinaNet
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
@@ -86,6 +89,19 @@ def fl_star_fcos(model, gamma=2.0, beta=1.0):
     """FL* instead of FCOS's focal loss (alpha 0.25, ``gamma``, ``beta`` as
     :func:`fl_star_retinanet`); everything else is FCOS's."""
     model.cls_loss = L(FocalLossStar)(alpha=0.25, gamma=gamma, beta=beta)
+    return model
+
+
+def noisy_anchor_retinanet(model, topk=30, alpha=0.75):
+    """Learning from Noisy Anchors: the top-30 anchors by IoU of every GT are the candidates
+    (no IoU threshold, no ignored anchors; ``anchor_matcher`` is not used in training), soft
+    targets and loss weights from their cleanliness (alpha 0.75), the soft-target focal loss
+    with the authors' alpha 0.5 (the baseline's: 0.25), gamma 2, Smooth L1 beta 0.1. Prior,
+    normaliser and inference: the baseline's. See docs/methods/noisy_anchor.md."""
+    balanced_retinanet(model)
+    model.anchor_assigner = L(NoisyAnchorAssigner)(topk=topk, alpha=alpha)
+    model.cls_loss = L(SoftTargetFocalLoss)(alpha=0.5, gamma=2.0)
+    model.box_reg_loss = L(SmoothL1Loss)(beta=0.1)
     return model
 
 

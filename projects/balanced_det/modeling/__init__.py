@@ -2,6 +2,7 @@
 
 Importing this module registers the ROI heads and RPN in detectron2's registries.
 """
+from .assigners import AnchorAssigner, AnchorAssignment, NoisyAnchorAssigner
 from .backbone import EfficientNetLite0, build_efficientnet_lite0_fpn
 from .dense_heads import FCOSStyleHead
 from .losses import (
@@ -17,6 +18,7 @@ from .losses import (
     GuidedLoss,
     SigmoidBCELoss,
     SmoothL1Loss,
+    SoftTargetFocalLoss,
 )
 from .meta_arch.dw_fcos import DWFCOS
 from .meta_arch.fcos import FCOS

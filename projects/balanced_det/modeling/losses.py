@@ -32,6 +32,7 @@ from ..ops import (
     carl_loss,
     guided_loss_ratio,
     sigmoid_focal_loss_star,
+    soft_target_focal_loss,
 )
 from ..utils.checks import check_range
 from ..utils.events import put_tensor_scalars
@@ -40,7 +41,7 @@ __all__ = [
     "ClassificationLoss", "ElementwiseClassificationLoss", "FocalLoss", "SigmoidBCELoss",
     "GHMCLoss", "BoxRegressionLoss", "ElementwiseBoxLoss", "SmoothL1Loss", "BalancedL1Loss",
     "GIoULoss", "GHMRLoss",
-    "CARL", "GuidedLoss", "FocalLossStar",
+    "CARL", "GuidedLoss", "FocalLossStar", "SoftTargetFocalLoss",
 ]
 
 Number = Union[float, Tensor]
@@ -292,3 +293,24 @@ class FocalLossStar(ElementwiseClassificationLoss):
 
     def elements(self, logits: Tensor, targets: Tensor) -> Tensor:
         return sigmoid_focal_loss_star(logits, targets, self.alpha, self.gamma, self.beta)
+
+
+class SoftTargetFocalLoss(ElementwiseClassificationLoss):
+    """Focal loss for soft targets ``t`` in [0, 1] with the hard-label modulating factors
+    (Learning from Noisy Anchors, Li et al. 2020)::
+
+        -alpha t (1 - p)^gamma log p - (1 - alpha)(1 - t) p^gamma log(1 - p)
+
+    the sigmoid focal loss for 0/1 targets; defaults: the authors' alpha 0.5, gamma 2. See
+    docs/methods/noisy_anchor.md."""
+
+    def __init__(self, alpha: float = 0.5, gamma: float = 2.0):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, 0.0, 1.0)
+        self.gamma = check_range("gamma", gamma, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}"
+
+    def elements(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return soft_target_focal_loss(logits, targets, self.alpha, self.gamma)
