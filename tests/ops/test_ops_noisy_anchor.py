@@ -1,7 +1,6 @@
 """Learning from Noisy Anchors, ops: top-N candidates, soft targets and weights against the
 per-element reference (tests/noisy_anchor_reference.py), the division guards, the
 soft-target focal loss (values, gradients, bfloat16 autocast), bad hyperparameters."""
-import math
 
 import pytest
 import torch
