@@ -201,3 +201,15 @@ def test_a_non_assigner_is_refused(tiny_retinanet):
     with pytest.raises(ValueError, match="anchor_assigner='topk' is not valid; expected a "
                                          "AnchorAssigner object"):
         tiny_retinanet(anchor_assigner="topk")
+
+
+def test_soft_target_and_weight_statistics_are_logged(tiny_retinanet):
+    from balanced_det.utils.events import flush_tensor_scalars
+
+    torch.manual_seed(0)
+    model = _model(tiny_retinanet).train()
+    with EventStorage(0) as storage:
+        model(batch(GTS))
+        logged = flush_tensor_scalars(storage)
+    assert 0.0 < logged["noisy_anchor_target_mean"] <= 1.0
+    assert logged["noisy_anchor_weight_max"] >= 1.0

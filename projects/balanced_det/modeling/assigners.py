@@ -19,6 +19,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from ..ops import aligned_iou, noisy_anchor_soft_targets, topn_candidates
 from ..utils.checks import check_int, check_range
+from ..utils.events import put_tensor_scalars
 from ..utils.tensor_math import float32_math
 
 __all__ = ["AnchorAssignment", "AnchorAssigner", "NoisyAnchorAssigner"]
@@ -102,7 +103,11 @@ class NoisyAnchorAssigner(AnchorAssigner):
             loc.append(aligned_iou(pred, gt_boxes))
             cls.append(logits[i].gather(1, gt_classes[:, None]).squeeze(1).sigmoid())
             counts.append(count)
-        targets, weights = noisy_anchor_soft_targets(torch.stack(loc), torch.stack(cls),
-                                                     torch.stack(counts), self.alpha)
+        counts = torch.stack(counts)
+        targets, weights = noisy_anchor_soft_targets(torch.stack(loc), torch.stack(cls), counts,
+                                                     self.alpha)
+        cand = counts > 0
+        put_tensor_scalars(noisy_anchor_target_mean=targets.sum() / cand.sum().clamp(min=1),
+                           noisy_anchor_weight_max=weights.max())
         return AnchorAssignment(torch.stack(labels), torch.stack(boxes), torch.stack(matched),
                                 targets, weights)

@@ -1,6 +1,5 @@
 """RetinaNet with balanced-learning plug-ins (PISA, GHM, Libra, Sampling-Free, FL*, Noisy
-Anchors), on detectron2's
-``RetinaNet``.
+Anchors), on detectron2's ``RetinaNet``.
 
 :class:`BalancedRetinaNet` subclasses detectron2's ``RetinaNet`` (same head, anchors, matcher,
 box transform, inference) and overrides the narrowest methods: ``losses``, ``label_anchors``
