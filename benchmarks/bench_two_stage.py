@@ -76,6 +76,7 @@ SAMPLER_CONFIGS = {
     "pisa": "configs/COCO-Detection/pisa_faster_rcnn_R_50_FPN_1x.py",
     "none": "configs/COCO-Detection/sampling_free_faster_rcnn_R_50_FPN_1x.py",
 }
+USW_CONFIG = "configs/COCO-Detection/usw_faster_rcnn_R_50_FPN_1x.py"
 
 
 # ----------------------------------------------------------------------------- workload
@@ -116,11 +117,11 @@ def fpn_features(args, device, seed=0):
             for k in (2, 3, 4, 5)}
 
 
-def roi_heads(args, device, sampler):
+def roi_heads(args, device, sampler, config=None):
     """The ROI head of the COCO config of ``sampler`` (:data:`SAMPLER_CONFIGS`: its sampler,
-    positive weighting and box predictor) as a ``BalancedROIHeads`` (the baseline's: detectron2's
-    random sampling) with ``args.num_classes`` classes, train mode."""
-    node = load_config(os.path.join(ROOT, SAMPLER_CONFIGS[sampler])).model.roi_heads
+    positive weighting and box predictor; or of ``config``) as a ``BalancedROIHeads`` (the
+    baseline's: detectron2's random sampling) with ``args.num_classes`` classes, train mode."""
+    node = load_config(os.path.join(ROOT, config or SAMPLER_CONFIGS[sampler])).model.roi_heads
     node._target_ = BalancedROIHeads
     node.box_predictor._target_ = BalancedFastRCNNOutputLayers
     node.num_classes = args.num_classes
@@ -435,6 +436,15 @@ def bench(args, device) -> List[Dict]:
     ms_loss = timeit_ms(lambda: sum(heads.box_predictor.losses(p2, sampled).values()).backward(),
                         device, args.repeats)
     add("PISA predictor losses incl. CARL, fwd + bwd", ms_loss, None, note="for reference")
+    # USW: the same ROIs through the baseline's predictor losses and USW's (per-ROI inputs,
+    # weighting network, weighted losses and regularisers)
+    for name, config in (("baseline", SAMPLER_CONFIGS["random"]), ("USW", USW_CONFIG)):
+        bp = roi_heads(args, device, "random", config=config).box_predictor
+        ms = timeit_ms(lambda bp=bp: sum(bp.losses(p2, sampled).values()).backward(), device,
+                       args.repeats)
+        add(f"{name} predictor losses, fwd + bwd", ms, None,
+            note=f"{n_rois} sampled ROIs" + (", incl. the weighting net" if name == "USW"
+                                            else ", for reference"))
     storage.__exit__(None, None, None)
     return rows
 

@@ -45,6 +45,16 @@ def root_dir():
     return ROOT
 
 
+@pytest.fixture(autouse=True)
+def _third_party_warnings_ignored():
+    """detectron2's, fvcore's and pycocotools' own warnings (compat.KNOWN_WARNINGS) stay
+    ignored in tests that call models directly, also under ``pytest -W default``."""
+    from balanced_det.compat import known_warnings_ignored
+
+    with known_warnings_ignored():
+        yield
+
+
 # Tiny models (random features, a few channels) for unit tests of the hosts and plug-ins: each
 # fixture is the builder, called with the options under test.
 @pytest.fixture

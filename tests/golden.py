@@ -110,7 +110,7 @@ def _golden_job(path: str) -> Dict:
         for it in range(2):
             torch.manual_seed(100 + it)
             loss_dict = model(batch)
-            iterations.append({k: float(v) for k, v in sorted(loss_dict.items())})
+            iterations.append({k: float(v.detach()) for k, v in sorted(loss_dict.items())})
             optimizer.zero_grad()
             sum(loss_dict.values()).backward()
             optimizer.step()

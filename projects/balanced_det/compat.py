@@ -2,26 +2,36 @@
 
 balanced_det runs on detectron2 v0.6 installed from the package registry (Python sources
 only, no C++ extension) and on detectron2 built from source (newer than v0.6, extension
-built). Both report ``detectron2.__version__ == "0.6"``, so every shim below is selected by a
+built). Both report ``detectron2.__version__ == "0.6"``, so every fix below is selected by a
 feature check, never by a version string, and is a no-op where the feature is already right.
-:func:`apply` runs once, when ``balanced_det`` is imported, before detectron2's own modules.
+
+The fixes are applied in one of two ways:
+
+* ``make setup`` (``tools/setup_env.py``) installs the registry's v0.6 sources with
+  :func:`fix_v06_sources` applied: :data:`V06_SOURCE_FIXES`, the numpy aliases
+  (:data:`NUMPY_ALIASES`) and a stand-in ``detectron2/_C.py`` (:data:`CPP_STAND_IN_SOURCE`).
+  That detectron2 works by itself and in any import order.
+* :func:`apply` runs once, when ``balanced_det`` is imported: the runtime shims of the first
+  three rows (for a v0.6 installed another way, where ``balanced_det`` must then be imported
+  before detectron2's modules), and the behaviour of the rows below.
 
 ===========================================  =====================================================
 What breaks                                   What this module (or the named class) does
 ===========================================  =====================================================
-Pillow >= 10 removed ``Image.LINEAR``, used   alias ``Image.LINEAR = Image.BILINEAR``
-as a default argument in v0.6's
+Pillow >= 10 removed ``Image.LINEAR``, used   source fix ``Image.BILINEAR``; runtime shim:
+as a default argument in v0.6's               alias ``Image.LINEAR = Image.BILINEAR``
 ``detectron2.data.transforms`` (import time)
-numpy >= 1.24 removed ``np.bool/int/float/    alias the missing names to the builtins they
-str``, used by v0.6 (dataset histogram,       always meant (numpy 2 brought ``np.bool`` back)
-polygon masks, evaluators)
+numpy >= 1.24 removed ``np.bool/int/float/    source fix: the builtins they always meant; runtime
+str``, used by v0.6 (dataset histogram,       shim: alias the missing names to them (numpy 2
+polygon masks, evaluators)                    brought ``np.bool`` back)
 no ``detectron2._C`` (registry install)       a stand-in module whose ops raise
 imported by ``layers/deform_conv.py``,        :class:`MissingCppOpError` naming the op; info
 ``layers/rotated_boxes.py``,                  functions used by ``collect_env`` say "not built";
 ``layers/roi_align_rotated.py``,              :func:`coco_evaluator_kwargs` selects pycocotools'
 ``evaluation/fast_eval_api.py``               COCOeval (``use_fast_impl=False``)
-setuptools >= 82 removed ``pkg_resources``    requirements pin setuptools 81;
-(``detectron2.model_zoo`` imports it)         :func:`model_zoo_config_file` needs neither
+setuptools >= 82 removed ``pkg_resources``    source fix: the config path without it; otherwise
+(``detectron2.model_zoo`` imports it)         requirements pin setuptools 81;
+                                              :func:`model_zoo_config_file` needs neither
 torch >= 1.12: ``get_norm("GN", 1)`` fails    balanced_det's dense heads build their norms with
 in v0.6 ``RetinaNetHead(norm="GN")``          :func:`group_norm` and the real channel count
 v0.6 FCOS: crash on images without boxes;     ``balanced_det.modeling.FCOS`` (own matcher and
@@ -34,28 +44,54 @@ v0.6 ``AMPTrainer`` is CUDA-only, fp16 only   ``balanced_det.engine.Trainer`` (C
                                               CPU bf16, ``torch.amp.GradScaler``)
 ``Backbone.padding_constraints`` exists only  :func:`padding_constraints` reads it if present
 in newer detectron2
+detectron2 and pycocotools warn about their   :data:`KNOWN_WARNINGS` are ignored (from import on,
+own code on today's libraries (torch.jit,     and inside :func:`known_warnings_ignored` where
+``torch.meshgrid``, numpy 2 ``__array__``,    balanced_det trains or evaluates); meshgrid: also a
+read-only image arrays, ``Logger.warn``, an   source fix
+unclosed file)
+``HookBase.after_backward`` and the           ``balanced_det.engine.Trainer`` calls the hook and
+``SimpleTrainer`` options                     takes the options where :func:`has_after_backward`
+``gather_metric_period``,                     and :func:`simple_trainer_options` find them
+``zero_grad_before_forward``,
+``async_write_metrics`` exist only in newer
+detectron2
 ===========================================  =====================================================
+
+Module-level imports are the standard library only: ``tools/setup_env.py`` loads this file
+(to apply the source fixes) outside the environment it sets up.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import inspect
 import logging
 import os
 import pickle
+import re
 import sys
 import types
 import warnings
-from typing import Any, Dict
+from typing import Any, Dict, List, Optional
 
 __all__ = [
     "apply",
     "HAS_CPP_OPS",
     "MissingCppOpError",
+    "missing_cpp_op",
     "coco_evaluator_kwargs",
     "describe",
+    "fix_v06_sources",
+    "source_fixes_digest",
+    "v06_sources_fixed",
     "group_norm",
+    "has_after_backward",
+    "known_warnings_ignored",
+    "KNOWN_WARNINGS",
     "model_zoo_config_file",
     "padding_constraints",
+    "simple_trainer_options",
     "torch_load",
     "UntrustedCheckpointError",
     "create_local_process_group",
@@ -67,60 +103,147 @@ logger = logging.getLogger(__name__)
 HAS_CPP_OPS: bool = False
 _APPLIED: Dict[str, bool] = {}
 
+#: detectron2 v0.6 source lines that fail on today's libraries, as ``(file in the detectron2
+#: package, old text, new text)``.
+V06_SOURCE_FIXES = (
+    # Pillow >= 10 removed Image.LINEAR (a default argument: evaluated at import).
+    ("data/transforms/transform.py", "interp=Image.LINEAR", "interp=Image.BILINEAR"),
+    # torch warns about torch.meshgrid without `indexing` ("ij" is what it computes).
+    ("modeling/anchor_generator.py", "torch.meshgrid(shifts_y, shifts_x)",
+     'torch.meshgrid(shifts_y, shifts_x, indexing="ij")'),
+    # setuptools >= 82 removed pkg_resources (older ones warn when it is imported).
+    ("model_zoo/model_zoo.py", "import pkg_resources\n", ""),
+    ("model_zoo/model_zoo.py",
+     'pkg_resources.resource_filename(\n        "detectron2.model_zoo", os.path.join("configs", '
+     'config_path)\n    )',
+     'os.path.join(os.path.dirname(__file__), "configs", config_path)'),
+)
+
+#: numpy >= 1.24 removed ``np.bool/int/float/str``; v0.6 uses them in many files.
+NUMPY_ALIASES = re.compile(r"\bnp\.(bool|int|float|str)\b")
+
+#: ``detectron2/_C.py`` of an installation without the C++ extension.
+CPP_STAND_IN_SOURCE = '''\
+"""Stand-in for detectron2's C++ extension, which this installation does not have (the
+registry's detectron2 v0.6 sources do not include its C++ sources). Modules that import it
+import; using one of its ops raises balanced_det.compat.MissingCppOpError naming the op."""
+__cpp_stand_in__ = True
+
+
+def get_compiler_version():  # used by detectron2.utils.collect_env
+    return "not built (detectron2 installed without its C++ extension)"
+
+
+def get_cuda_version():
+    return "not built"
+
+
+def has_cuda():
+    return False
+
+
+def __getattr__(name):
+    if name.startswith("__"):
+        raise AttributeError(name)
+    try:
+        from balanced_det.compat import missing_cpp_op
+    except ImportError:  # balanced_det was removed from this environment
+        raise RuntimeError(f"detectron2 was installed without its C++ extension "
+                           f"(detectron2._C): the op {name!r} is unavailable") from None
+    raise missing_cpp_op(name)
+'''
+
+_CPP_OPS_USED_BY = {
+    "deform_conv": "detectron2.layers.DeformConv / ModulatedDeformConv",
+    "modulated_deform_conv": "detectron2.layers.ModulatedDeformConv",
+    "box_iou_rotated": "detectron2.layers.rotated_boxes (rotated box IoU)",
+    "nms_rotated": "detectron2.layers.nms_rotated",
+    "roi_align_rotated": "detectron2.layers.ROIAlignRotated",
+    "COCOeval": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
+    "InstanceAnnotation": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
+}
+
 
 class MissingCppOpError(RuntimeError):
     """Raised when code calls an op of detectron2's C++ extension and it is not built."""
 
 
-class _MissingCppExtension(types.ModuleType):
-    """Stand-in for ``detectron2._C`` when detectron2 was installed without its extension.
+def missing_cpp_op(name: str) -> MissingCppOpError:
+    """The error for using op ``name`` of the C++ extension where it is not built."""
+    used_by = next((v for k, v in _CPP_OPS_USED_BY.items() if name.startswith(k)), None)
+    hint = (
+        "pass use_fast_impl=False to COCOEvaluator (balanced_det's evaluator does this "
+        "automatically)"
+        if used_by and "COCO" in used_by
+        else "use an op that does not need it (e.g. torchvision.ops.deform_conv2d) or "
+        "install detectron2 from source: DETECTRON2_SOURCE=/path/to/detectron2 make setup"
+    )
+    return MissingCppOpError(
+        f"detectron2 was installed without its C++ extension (detectron2._C), so the C++ op "
+        f"'{name}'{' used by ' + used_by if used_by else ''} is unavailable; {hint}."
+    )
 
-    Importing modules that reference ``_C`` works; calling one of its ops raises
-    :class:`MissingCppOpError` naming the op.
-    """
 
-    _USED_BY = {
-        "deform_conv": "detectron2.layers.DeformConv / ModulatedDeformConv",
-        "modulated_deform_conv": "detectron2.layers.ModulatedDeformConv",
-        "box_iou_rotated": "detectron2.layers.rotated_boxes (rotated box IoU)",
-        "nms_rotated": "detectron2.layers.nms_rotated",
-        "roi_align_rotated": "detectron2.layers.ROIAlignRotated",
-        "COCOeval": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
-        "InstanceAnnotation": "fast COCO evaluation (COCOEvaluator(use_fast_impl=True))",
-    }
+def source_fixes_digest() -> str:
+    """A digest of the source fixes, recorded in the stand-in ``_C.py`` they install."""
+    return hashlib.sha256(repr((V06_SOURCE_FIXES, NUMPY_ALIASES.pattern,
+                                CPP_STAND_IN_SOURCE)).encode()).hexdigest()[:16]
 
-    def __init__(self):
-        super().__init__("detectron2._C", __doc__)
-        self.__file__ = None
 
-    # Used by detectron2.utils.collect_env when it prints the environment.
-    @staticmethod
-    def get_compiler_version():
-        return "not built (detectron2 installed without its C++ extension)"
+def _source_fixes_marker() -> str:
+    return f'__source_fixes__ = "{source_fixes_digest()}"\n'
 
-    @staticmethod
-    def get_cuda_version():
-        return "not built"
 
-    @staticmethod
-    def has_cuda():
+def fix_v06_sources(package_dir: str) -> List[str]:
+    """Apply the source fixes to detectron2 v0.6's Python sources in ``package_dir`` (the
+    ``detectron2`` folder) and write the stand-in ``_C.py``. Returns the changed files.
+
+    Raises ValueError if a fix's old text is missing (these are not v0.6's sources)."""
+    changed = set()
+    for rel, old, new in V06_SOURCE_FIXES:
+        path = os.path.join(package_dir, rel)
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if old not in text:
+            raise ValueError(f"{path} does not contain {old!r}: expected detectron2 v0.6's "
+                             "sources")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text.replace(old, new))
+        changed.add(rel)
+    for dirpath, _, files in os.walk(package_dir):
+        for name in files:
+            if not name.endswith(".py"):
+                continue
+            path = os.path.join(dirpath, name)
+            with open(path, encoding="utf-8") as f:
+                text, n = NUMPY_ALIASES.subn(r"\1", f.read())
+            if n:
+                with open(path, "w", encoding="utf-8") as f:
+                    f.write(text)
+                changed.add(os.path.relpath(path, package_dir))
+    with open(os.path.join(package_dir, "_C.py"), "w", encoding="utf-8") as f:
+        f.write(CPP_STAND_IN_SOURCE + _source_fixes_marker())
+    return sorted(changed | {"_C.py"})
+
+
+def v06_sources_fixed(package_dir: str) -> bool:
+    """Whether the detectron2 in ``package_dir`` was installed with today's
+    :func:`fix_v06_sources` (read from its stand-in ``_C.py``, without importing it)."""
+    try:
+        with open(os.path.join(package_dir, "_C.py"), encoding="utf-8") as f:
+            return _source_fixes_marker() in f.read()
+    except OSError:
         return False
 
-    def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        used_by = next((v for k, v in self._USED_BY.items() if name.startswith(k)), None)
-        hint = (
-            "pass use_fast_impl=False to COCOEvaluator (balanced_det's evaluator does this "
-            "automatically)"
-            if used_by and "COCO" in used_by
-            else "use an op that does not need it (e.g. torchvision.ops.deform_conv2d) or "
-            "install detectron2 from source: DETECTRON2_SOURCE=/path/to/detectron2 make setup"
+
+def _detectron2_dir() -> str:
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "balanced_det needs detectron2, which is not installed in this environment "
+            f"({sys.executable}). Run `make setup` or install it (see README, 'Set-up details')."
         )
-        raise MissingCppOpError(
-            f"detectron2 was installed without its C++ extension (detectron2._C), so the C++ op "
-            f"'{name}'{' used by ' + used_by if used_by else ''} is unavailable; {hint}."
-        )
+    return list(spec.submodule_search_locations)[0]
 
 
 def _shim_pillow():
@@ -143,47 +266,79 @@ def _shim_numpy_aliases():
             _APPLIED[f"numpy.{name}"] = True
 
 
-def _quiet_known_warnings():
+# Warnings about detectron2's and pycocotools' code on today's libraries, not the caller's:
+# (message, category, module the warning is attributed to; "" = any).
+KNOWN_WARNINGS = (
     # detectron2 decorates helpers with torch.jit.script at import; torch >= 2.10 warns once
-    # per decorator. The warning is about detectron2's code, not the user's.
-    warnings.filterwarnings(
-        "ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning
-    )
-    # v0.6's anchor generator calls torch.meshgrid without `indexing` (same result as "ij").
-    warnings.filterwarnings("ignore", message=r"torch\.meshgrid: in an upcoming release",
-                            category=UserWarning)
+    # per decorator (attributed to torch's frame).
+    (r"`torch\.jit\.script` is deprecated", FutureWarning, ""),
+    # detectron2's anchor generator calls torch.meshgrid without `indexing` (same result as
+    # "ij"; fixed in the v0.6 sources that make setup installs).
+    (r"torch\.meshgrid: in an upcoming release", UserWarning, ""),
+    # numpy 2: np.array() of an object whose __array__ takes no `copy` (a torch tensor in
+    # detectron2's COCO mask encoding; pycocotools' masks in its decode).
+    (r"__array__ implementation doesn't accept a copy keyword", DeprecationWarning,
+     r"(detectron2|pycocotools)(\.|$)"),
+    # detectron2 reads images with np.asarray(PIL image) (read-only with today's Pillow), then
+    # detectron2/fvcore make tensors of them with torch.from_numpy / as_tensor.
+    (r"The given NumPy array is not writable", UserWarning, r"(detectron2|fvcore)(\.|$)"),
+    # detectron2 calls logging's deprecated Logger.warn.
+    (r"The 'warn' method is deprecated", DeprecationWarning, r"detectron2(\.|$)"),
+    # detectron2's default_setup reads the config file without closing it.
+    (r"unclosed file", ResourceWarning, r"detectron2(\.|$)"),
+)
+
+
+def _ignore_known_warnings():
+    for message, category, module in KNOWN_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category, module=module)
+
+
+@contextlib.contextmanager
+def known_warnings_ignored():
+    """Ignore :data:`KNOWN_WARNINGS` inside the block, whatever filters are active (e.g. a
+    test runner's ``-W error``); used where balanced_det calls detectron2 (a training step,
+    an evaluation)."""
+    with warnings.catch_warnings():
+        _ignore_known_warnings()
+        yield
+
+
+def _is_stand_in(module: Optional[types.ModuleType]) -> bool:
+    return bool(getattr(module, "__cpp_stand_in__", False))
 
 
 def _shim_cpp_extension():
     global HAS_CPP_OPS
-    existing = sys.modules.get("detectron2._C")
-    if isinstance(existing, _MissingCppExtension):
+    if _is_stand_in(sys.modules.get("detectron2._C")):
         HAS_CPP_OPS = False
         return
-    spec = importlib.util.find_spec("detectron2")
-    if spec is None:
-        raise ImportError(
-            "balanced_det needs detectron2, which is not installed in this environment "
-            f"({sys.executable}). Run `make setup` (see README, 'Set-up')."
-        )
     try:
-        HAS_CPP_OPS = importlib.util.find_spec("detectron2._C") is not None
+        spec = importlib.util.find_spec("detectron2._C")
     except ImportError:
-        HAS_CPP_OPS = False
-    if not HAS_CPP_OPS:
-        import detectron2
+        spec = None
+    if spec is not None and not (spec.origin or "").endswith(".py"):
+        HAS_CPP_OPS = True  # the compiled extension
+        return
+    HAS_CPP_OPS = False
+    if spec is not None:  # the stand-in _C.py of fixed v0.6 sources
+        import detectron2._C  # noqa: F401
+        return
+    import detectron2
 
-        stub = _MissingCppExtension()
-        sys.modules["detectron2._C"] = stub
-        detectron2._C = stub
-        _APPLIED["detectron2._C stand-in"] = True
+    stub = types.ModuleType("detectron2._C")
+    exec(compile(CPP_STAND_IN_SOURCE, "<detectron2._C stand-in>", "exec"), stub.__dict__)
+    sys.modules["detectron2._C"] = stub
+    detectron2._C = stub
+    _APPLIED["detectron2._C stand-in"] = True
 
 
 def apply() -> None:
     """Apply every shim this environment needs. Idempotent; called by ``import balanced_det``."""
     if _APPLIED.get("done"):
         return
-    _quiet_known_warnings()
+    _detectron2_dir()  # a clear error if detectron2 is missing
+    _ignore_known_warnings()  # also where balanced_det is not in the call stack
     _shim_pillow()
     _shim_numpy_aliases()
     _shim_cpp_extension()
@@ -196,8 +351,10 @@ def describe() -> str:
     import torch
 
     shims = [k for k in _APPLIED if k != "done"] or ["none"]
+    where = os.path.dirname(detectron2.__file__)
     return (
-        f"detectron2 {detectron2.__version__} at {os.path.dirname(detectron2.__file__)}; "
+        f"detectron2 {detectron2.__version__} at {where}"
+        f"{' (v0.6 sources with the source fixes)' if v06_sources_fixed(where) else ''}; "
         f"C++ ops: {'built' if HAS_CPP_OPS else 'not built'}; torch {torch.__version__}; "
         f"shims: {', '.join(shims)}"
     )
@@ -226,6 +383,24 @@ def group_norm(num_channels: int, num_groups: int = 32):
 def padding_constraints(backbone) -> Dict[str, int]:
     """``backbone.padding_constraints`` on detectron2 versions that have it, else ``{}``."""
     return dict(getattr(backbone, "padding_constraints", {}) or {})
+
+
+def simple_trainer_options() -> Dict[str, Any]:
+    """The optional arguments of this detectron2's ``SimpleTrainer.__init__`` and their
+    defaults: none in v0.6; ``gather_metric_period``, ``zero_grad_before_forward``,
+    ``async_write_metrics`` in newer releases."""
+    from detectron2.engine import SimpleTrainer
+
+    params = inspect.signature(SimpleTrainer.__init__).parameters
+    return {n: p.default for n, p in params.items()
+            if n not in ("self", "model", "data_loader", "optimizer") and p.default is not p.empty}
+
+
+def has_after_backward() -> bool:
+    """Whether this detectron2's trainer hooks have ``after_backward`` (newer than v0.6)."""
+    from detectron2.engine import HookBase
+
+    return hasattr(HookBase, "after_backward")
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):

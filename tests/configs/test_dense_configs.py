@@ -18,7 +18,8 @@ from conftest import all_config_files, rel
 from helpers import tiny_cfg
 
 setup_logger(name="balanced_det")
-METHOD_PREFIXES = ("pisa_", "ghm_", "libra_", "sampling_free_", "dw_", "fl_star_", "noisy_anchor_")
+METHOD_PREFIXES = ("pisa_", "ghm_", "libra_", "sampling_free_", "dw_", "usw_", "fl_star_",
+                   "noisy_anchor_")
 DENSE_METHOD_CONFIGS = [
     p for p in all_config_files()
     if os.path.basename(p).startswith(METHOD_PREFIXES)
@@ -29,7 +30,7 @@ EXPECTED = {
     for d, suffix in (("COCO-Detection", "R_50_FPN_1x.py"), ("Trees", "effnet_lite0_FPN.py"),
                       ("Synthetic", "effnet_lite0_FPN.py"))
     for m in ("pisa_retinanet", "ghm_retinanet", "libra_retinanet", "sampling_free_retinanet",
-              "dw_fcos", "sampling_free_fcos", "fl_star_retinanet",
+              "usw_retinanet", "dw_fcos", "sampling_free_fcos", "fl_star_retinanet",
               "noisy_anchor_retinanet")
 } | {"COCO-Detection/dw_fcos_R_50_FPN_refine_1x.py", "Trees/dw_fcos_refine_effnet_lite0_FPN.py",
      "Synthetic/dw_fcos_refine_effnet_lite0_FPN.py"}

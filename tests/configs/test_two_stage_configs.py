@@ -17,14 +17,14 @@ from conftest import all_config_files, rel
 from helpers import tiny_cfg
 
 setup_logger(name="balanced_det")
-METHODS = ("ohem_", "libra_", "pisa_", "sampling_free_")
+METHODS = ("ohem_", "libra_", "pisa_", "sampling_free_", "usw_")
 TWO_STAGE = [p for p in all_config_files()
              if "rcnn" in rel(p) and rel(p).split("/")[-1].startswith(METHODS)]
 
 
 def test_every_method_has_its_configs():
     names = {rel(p) for p in TWO_STAGE}
-    for m in ("ohem", "libra", "pisa", "sampling_free"):
+    for m in ("ohem", "libra", "pisa", "sampling_free", "usw"):
         assert f"COCO-Detection/{m}_faster_rcnn_R_50_FPN_1x.py" in names
         assert f"Trees/{m}_faster_rcnn_effnet_lite0_FPN.py" in names
         assert f"Synthetic/{m}_faster_rcnn_effnet_lite0_FPN.py" in names
@@ -92,6 +92,8 @@ def test_coco_method_config_trains_and_infers(path, tmp_path, monkeypatch):
     expected = {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
     if "pisa" in path:
         expected.add("loss_carl")
+    if rel(path).split("/")[-1].startswith("usw_"):
+        expected |= {"loss_usw_cls", "loss_usw_reg"}
     if "mask_rcnn" in path:
         expected.add("loss_mask")
     assert set(losses) == expected

@@ -87,7 +87,8 @@ def test_killed_run_resumes_to_the_uninterrupted_state(tmp_path):
     mom_a = [s["momentum_buffer"] for s in sa["trainer"]["optimizer"]["state"].values()]
     mom_b = [s["momentum_buffer"] for s in sb["trainer"]["optimizer"]["state"].values()]
     assert all(torch.allclose(x, y, atol=1e-6, rtol=1e-5) for x, y in zip(mom_a, mom_b))
-    iters_b = [json.loads(line)["iteration"] for line in open(b / "metrics.json") if '"lr"' in line]
+    with open(b / "metrics.json") as f:
+        iters_b = [json.loads(line)["iteration"] for line in f if '"lr"' in line]
     assert iters_b[-1] == 9
 
 

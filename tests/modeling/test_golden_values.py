@@ -14,7 +14,8 @@ import torch
 
 import golden
 
-GOLDEN = json.load(open(golden.GOLDEN_FILE))
+with open(golden.GOLDEN_FILE) as _f:
+    GOLDEN = json.load(_f)
 TOL = dict(rtol=1e-6, atol=1e-6)
 BOX_TOL = dict(rtol=1e-6, atol=1e-4)
 

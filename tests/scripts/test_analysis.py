@@ -233,8 +233,9 @@ def _fake_run(compare_dir, name, seed, losses, aps, final_ap, config=None):
     with open(os.path.join(folder, "metrics.json"), "w") as f:
         for it, v in losses.items():
             f.write(json.dumps({"iteration": it, "total_loss": v}) + "\n")
-        for it, v in aps.items():
-            f.write(json.dumps({"iteration": it, "bbox/AP": v}) + "\n")
+    # every evaluation, as balanced_det.engine.do_train keeps them (iteration = iterations done)
+    with open(os.path.join(folder, C.EVAL_HISTORY), "w") as f:
+        json.dump([{"iteration": it + 1, "bbox": {"AP": v}} for it, v in aps.items()], f)
     with open(os.path.join(folder, "eval_results.json"), "w") as f:
         json.dump({"bbox": {"AP": final_ap}}, f)
     config = config or runs.suite_entry("synthetic", name)[1]
@@ -277,6 +278,9 @@ def test_curves_figure_and_missing_runs(tmp_path):
     assert sorted(unfinished) == [os.path.join("dw_fcos", "seed0"), os.path.join("fcos", "seed0")]
     assert crv["retinanet"]["seeds"] == [0, 1] and crv["retinanet"]["family"] == "retinanet"
     assert crv["retinanet"]["final_ap"] == [10.0, 11.0]
+    assert crv["retinanet"]["ap"][1] == {50: 6.0, 100: 11.0}  # AP per evaluation
+    a_its, a_mean, _, _ = curves.seed_band(crv["retinanet"]["ap"])
+    assert list(a_its) == [50, 100] and list(a_mean) == [5.5, 10.5]
     its, mean, lo, hi = curves.seed_band(crv["retinanet"]["loss"])
     assert len(its) == 10 and np.all(lo <= mean) and np.all(mean <= hi)
     written = main(["curves", "--suite", "synthetic", "--compare-dir", str(cmp),

@@ -1,5 +1,6 @@
-"""tools/compare.py: aggregation over seeds, the seed-noise reading, reuse of finished runs only
-when config/seed/schedule/overrides match, failed runs kept and reported. The training
+"""tools/compare.py: aggregation over seeds, the paired ΔAP with its t interval and reading, the
+AP per evaluation and the convergence point, reuse of finished runs only when
+config/seed/schedule/overrides match, failed runs kept and reported. The training
 subprocess is replaced by a function that writes a run's files (the unit under test is the
 runner's bookkeeping; real training runs are covered by the config tests)."""
 import csv
@@ -9,16 +10,15 @@ import os
 
 import pytest
 
-from conftest import ROOT
-
 
 from tools import compare as C
 
 BASE = "configs/Synthetic/retinanet_effnet_lite0_FPN.py"
 GHM = "configs/Synthetic/ghm_retinanet_effnet_lite0_FPN.py"
 # AP per (config, seed) written by the fake training run
+# paired differences 1.0, 0.5, 1.5: mean 1.0, sd 0.5, 95 % CI 1.0 ± 4.303 * 0.5 / sqrt(3)
 AP = {(BASE, 0): 10.0, (BASE, 1): 12.0, (BASE, 2): 14.0,
-      (GHM, 0): 11.0, (GHM, 1): 13.0, (GHM, 2): 15.0}
+      (GHM, 0): 11.0, (GHM, 1): 12.5, (GHM, 2): 15.5}
 
 
 def _fake_run_one(calls, fail=()):
@@ -33,6 +33,10 @@ def _fake_run_one(calls, fail=()):
         ap = AP[(config, seed)]
         with open(os.path.join(out, "eval_results.json"), "w") as f:
             json.dump({"bbox": {m: ap + i for i, m in enumerate(C.METRICS)}}, f)
+        # two evaluations: half-way (AP - 2) and at the end
+        with open(os.path.join(out, C.EVAL_HISTORY), "w") as f:
+            json.dump([{"iteration": 5, "bbox": {"AP": ap - 2}},
+                       {"iteration": 10, "bbox": {"AP": ap}}], f)
         with open(os.path.join(out, "metrics.json"), "w") as f:
             for it in range(10):
                 f.write(json.dumps({"iteration": it, "time": 0.5 + 0.01 * seed,
@@ -47,6 +51,60 @@ def test_mean_std_and_family():
     assert C.family("ghm_retinanet") == "retinanet"
     assert C.family("dw_fcos_refine") == "fcos"
     assert C.family("sampling_free_mask_rcnn") == "mask_rcnn"
+
+
+def test_t_quantiles_match_known_values():
+    # t_{0.975}(df) from standard tables
+    for df, t in ((1, 12.706), (2, 4.303), (4, 2.776), (10, 2.228), (29, 2.045), (30, 2.042)):
+        assert C.t975(df) == pytest.approx(t, abs=1e-3)
+    assert C.t975(100) == C.t975(30)  # conservative above the table
+    assert all(a > b for a, b in zip(C.T975, C.T975[1:]))  # decreasing in df
+    with pytest.raises(ValueError):
+        C.t975(0)
+
+
+def test_paired_delta_hand_values():
+    # d = 1.2, 0.8, 1.0: mean 1.0, sd 0.2, half-width 4.303 * 0.2 / sqrt(3) = 0.4969
+    d = C.paired_delta({0: 10.0, 1: 11.0, 2: 12.0}, {0: 11.2, 1: 11.8, 2: 13.0})
+    assert d["n"] == 3 and d["mean"] == pytest.approx(1.0)
+    assert d["lo"] == pytest.approx(1.0 - 0.49688, abs=1e-4)
+    assert d["hi"] == pytest.approx(1.0 + 0.49688, abs=1e-4)
+    assert d["reading"] == "better"
+    worse = C.paired_delta({0: 10.0, 1: 11.0, 2: 12.0}, {0: 8.8, 1: 10.2, 2: 11.0})
+    assert worse["mean"] == pytest.approx(-1.0) and worse["reading"] == "worse"
+    # pairing by seed, not by order; a NaN (failed) seed drops out of the pairs
+    two = C.paired_delta({0: 10.0, 1: 11.0, 5: 1.0}, {1: 12.0, 0: 10.0, 5: float("nan")})
+    assert two["n"] == 2 and two["mean"] == pytest.approx(0.5)
+    assert two["hi"] - two["mean"] == pytest.approx(12.706 * 0.70711 / 2 ** 0.5, abs=1e-3)
+    assert two["reading"] == "n < 3 seeds"
+    assert C.paired_delta({0: 1.0}, {1: 2.0})["n"] == 0
+
+
+def test_eval_period_and_convergence_point():
+    assert C.eval_period(100, 10) == 10 and C.eval_period(95, 10) == 10
+    assert C.eval_period(7, 10) == 1 and C.eval_period(50, 1) == 50
+    # mean AP 2, 6, 8, 8.4 (gains 4, 2, 0.4): converged at 300
+    seeds = [{100: 1.0, 200: 5.0, 300: 7.0, 400: 7.5},
+             {100: 3.0, 200: 7.0, 300: 9.0, 400: 9.3, 500: 1.0}]  # 500: not every seed
+    c = C.convergence_point(seeds)
+    assert c["iterations"] == [100, 200, 300, 400]
+    assert c["mean_ap"] == pytest.approx([2.0, 6.0, 8.0, 8.4])
+    assert c["converged_at"] == 400 and c["n"] == 2
+    assert C.convergence_point(seeds, min_gain=2.5)["converged_at"] == 300
+    assert C.convergence_point([{10: 1.0, 20: 5.0}])["converged_at"] is None
+    assert C.convergence_point([])["converged_at"] is None
+
+
+def test_read_ap_curve_falls_back_to_metrics(tmp_path):
+    # as detectron2 writes it for max_iter 10, evaluation period 5: the periodic evaluation at
+    # the 0-based iteration 4, the final one at iteration 10 (= max_iter)
+    with open(tmp_path / "metrics.json", "w") as f:
+        f.write(json.dumps({"iteration": 4, "total_loss": 2.0, "bbox/AP": 3.0}) + "\n")
+        f.write(json.dumps({"iteration": 9, "total_loss": 1.0}) + "\n")
+        f.write(json.dumps({"iteration": 10, "bbox/AP": 3.5}) + "\n{\"iter")
+    assert C.read_ap_curve(str(tmp_path)) == {5: 3.0, 10: 3.5}
+    (tmp_path / C.EVAL_HISTORY).write_text(json.dumps([{"iteration": 5, "bbox": {"AP": 4.0}}]))
+    assert C.read_ap_curve(str(tmp_path)) == {5: 4.0}
 
 
 def test_is_done_matches_a_whole_key_or_some_fields(tmp_path):
@@ -69,21 +127,30 @@ def test_table_reuse_and_noise_reading(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "run_one", _fake_run_one(calls))
     argv = ["--configs", BASE, GHM, "--seeds", "0", "1", "2", "--max-iter", "7",
             "--output", str(tmp_path)]
-    md = C.main(argv)
+    md = C.main(argv + ["--convergence"])
     assert len(calls) == 6 and all(c[2] == 7 for c in calls)
+    # 10 evaluations over 7 iterations: every iteration
+    assert all(c[3] == ("train.eval_period=1",) for c in calls)
     lines = [ln for ln in md.splitlines() if ln.startswith("| ")]
-    # AP: mean of 10, 12, 14 = 12 ± 2 and 13 ± 2; delta +1 is within 2 x std -> seed noise
     base_row = next(ln for ln in lines if "retinanet_effnet" in ln and "ghm" not in ln)
     ghm_row = next(ln for ln in lines if "ghm_retinanet" in ln)
-    assert "| 12.0 ± 2.0 | 13.0 ± 2.0 |" in base_row and "baseline" in base_row
-    assert "+1.0 (within seed noise)" in ghm_row
+    assert "| 12.0 ± 2.0 | 13.0 ± 2.0 |" in base_row and "| 13.0 ± 2.3 |" in ghm_row and "| baseline | - |" in base_row
+    # paired d = 1.0, 0.5, 1.5: 1.0 ± 4.303 * 0.5 / sqrt(3) = [-0.24, +2.24]
+    assert "| +1.0 [-0.2, +2.2] | no difference shown |" in ghm_row
     assert "| 0.51 | 109 |" in base_row  # median s/iter over seeds' means, max peak memory
+    # AP per evaluation in runs.json; convergence: mean AP 10 -> 12 at iteration 10 (+2)
+    with open(tmp_path / "runs.json") as f:
+        assert json.load(f)["ghm_retinanet_effnet_lite0_FPN/seed1"]["curve"] == {"5": 10.5, "10": 12.5}
+    conv = (tmp_path / "convergence.md").read_text()
+    assert "| retinanet_effnet_lite0_FPN.py | baseline | 3 | 5: 10.0, 10: 12.0 | not yet" in conv
     with open(tmp_path / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["method"] for r in rows] == ["retinanet_effnet_lite0_FPN",
                                            "ghm_retinanet_effnet_lite0_FPN"]
     assert float(rows[1]["AP_mean"]) == pytest.approx(13.0)
-    assert float(rows[1]["AP_std"]) == pytest.approx(2.0)
+    assert float(rows[1]["AP_std"]) == pytest.approx(5.25 ** 0.5, abs=1e-4)
+    assert float(rows[1]["dAP_lo95"]) == pytest.approx(1.0 - 4.303 * 0.5 / 3 ** 0.5, abs=1e-3)
+    assert rows[1]["reading"] == "no difference shown" and rows[0]["reading"] == "baseline"
 
     # same command again: every run is reused, nothing retrains
     calls.clear()
@@ -110,7 +177,9 @@ def test_failed_run_is_reported_and_excluded(tmp_path, monkeypatch):
     calls.clear()
     monkeypatch.setattr(C, "run_one", _fake_run_one(calls))
     C.main(["--configs", BASE, GHM, "--seeds", "0", "1", "--output", str(tmp_path)])
-    assert calls == [(GHM, 1, None, ())]
+    assert len(calls) == 1 and calls[0][:3] == (GHM, 1, None)
+    # the config's own schedule (300 iterations) -> an evaluation every 30
+    assert calls[0][3] == ("train.eval_period=30",)
 
 
 def test_unknown_names_are_refused():

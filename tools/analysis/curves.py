@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from ..compare import SUITES, family
+from ..compare import SUITES, family, read_ap_curve
 from .runs import MissingRunError, RunRef, compare_command, finish_figure, relpath
 
 __all__ = ["read_metrics", "read_curves", "seed_band", "plot_curves"]
@@ -22,9 +22,10 @@ FAMILY_TITLES = {"fcos": "FCOS family", "retinanet": "RetinaNet family",
 
 
 def read_metrics(run_dir: str) -> Dict[str, Dict[int, float]]:
-    """``{"loss": {iteration: total_loss}, "ap": {iteration: bbox/AP}}`` of a run's
-    metrics.json (detectron2's JSONWriter: one JSON object per line)."""
-    loss, ap = {}, {}
+    """``{"loss": {iteration: total_loss}, "ap": {iteration: box AP}}`` of a run: the loss
+    from metrics.json (detectron2's JSONWriter: one JSON object per line), AP of every
+    evaluation from :func:`tools.compare.read_ap_curve` (iteration = iterations done)."""
+    loss = {}
     with open(os.path.join(run_dir, "metrics.json")) as f:
         for line in f:
             line = line.strip()
@@ -39,8 +40,7 @@ def read_metrics(run_dir: str) -> Dict[str, Dict[int, float]]:
                 continue
             if "total_loss" in row and math.isfinite(row["total_loss"]):
                 loss[int(it)] = float(row["total_loss"])
-            if "bbox/AP" in row and row["bbox/AP"] == row["bbox/AP"]:
-                ap[int(it)] = float(row["bbox/AP"])
+    ap = {i: v for i, v in read_ap_curve(run_dir).items() if v == v}
     return {"loss": loss, "ap": ap}
 
 
@@ -163,6 +163,8 @@ def run(args) -> List[str]:
         f"{', '.join(map(str, seeds))} (n per method in the legend), band = min to max over "
         f"seeds; legend: final validation AP (mean ± std). Losses of different methods are "
         f"different functions (focal / BCE / GHM / DW / ISR-weighted), so compare their shapes "
-        f"and stability, not their levels; compare methods by AP.")
+        f"and stability, not their levels; compare methods by AP. Lower row (runs evaluated "
+        f"more than once, tools/compare.py --eval-points): validation box AP at every "
+        f"evaluation (eval_history.json), mean over seeds, band = min to max.")
     return [plot_curves(curves, path, f"Training curves of the comparison runs ({args.suite})",
                         caption)]

@@ -22,6 +22,9 @@ from balanced_det.modeling.samplers import (
     OHEMSampler,
     ScoreHLRSampler,
 )
+from balanced_det.modeling.usw import SampleWeightingNet
+
+from ..optim import with_part_optimizer
 
 
 def balanced_roi_heads(model, sampler=None):
@@ -102,3 +105,37 @@ def sampling_free(model, num_train_proposals):
     bp.prior_init = True
     bp.class_adaptive_thresholds = True
     return model
+
+
+#: the names of USW's weighting-network parameters (its own optimizer's part)
+USW_PARAMS = r"(^|\.)sample_weighting\."
+
+
+def usw(model, optimizer, lr=1e-3, weight_decay=1e-4):
+    """Unified Sample Weighting: a ``SampleWeightingNet`` (hidden 64, init N(0, 1e-4), scores
+    clamped to [-2, 2], lambda 0.5, pooled classification scores) on the ROI box predictor, and,
+    as the authors' configs, Smooth L1 beta 1.0 (baseline: L1, beta 0; it is also the 4-d
+    box-loss input of the network). The RPN is not weighted.
+
+    Returns the new optimizer config: the network trains with Adam (``lr`` 1e-3,
+    ``weight_decay`` 1e-4), every other parameter with the baseline ``optimizer`` (unchanged,
+    its arguments stay at the top level: ``optimizer.lr`` is still the detector's LR), one
+    :class:`~balanced_det.engine.optim.CombinedOptimizer`; both follow the config's
+    ``lr_multiplier`` and ``train.clip_grad_norm`` (one norm over all parameters)."""
+    balanced_roi_heads(model, model.roi_heads.get("sampler"))
+    bp = model.roi_heads.box_predictor
+    bp.sample_weighting = sample_weighting_net()
+    bp.smooth_l1_beta = 1.0
+    return usw_optimizer(optimizer, lr, weight_decay)
+
+
+def sample_weighting_net():
+    """USW's network with the authors' settings (two-stage and RetinaNet)."""
+    return L(SampleWeightingNet)(hidden_dim=64, init_std=1e-4, lam=0.5, score_min=-2.0,
+                                 score_max=2.0, cls_weighting="pooled")
+
+
+def usw_optimizer(optimizer, lr=1e-3, weight_decay=1e-4):
+    """Adam(``lr``, ``weight_decay``) on USW's network next to ``optimizer`` on the rest."""
+    return with_part_optimizer(optimizer, "sample_weighting", USW_PARAMS, lr=lr,
+                               weight_decay=weight_decay)

@@ -25,6 +25,8 @@ from balanced_det.modeling.meta_arch.retinanet import BalancedRetinaNet
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
 from balanced_det.modeling.samplers import ISRPWeighting
 
+from .balanced_rcnn import sample_weighting_net, usw_optimizer
+
 
 def balanced_retinanet(model):
     """detectron2 ``RetinaNet`` -> ``BalancedRetinaNet``. With no option set, its losses are
@@ -103,6 +105,17 @@ def noisy_anchor_retinanet(model, topk=30, alpha=0.75):
     model.cls_loss = L(SoftTargetFocalLoss)(alpha=0.5, gamma=2.0)
     model.box_reg_loss = L(SmoothL1Loss)(beta=0.1)
     return model
+
+
+def usw_retinanet(model, optimizer, lr=1e-3, weight_decay=1e-4):
+    """USW on RetinaNet: a ``SampleWeightingNet`` over every anchor (the authors' settings: hidden
+    64, init N(0, 1e-4), clamp [-2, 2], lambda 0.5, one classification score: the mean over all
+    anchors), with detached inputs. The box loss stays the baseline's Smooth L1 (beta 0.1;
+    the authors' 0.11). Returns the optimizer config: Adam (``lr`` 1e-3, ``weight_decay``
+    1e-4) on the network, the baseline ``optimizer`` on the rest, as ``usw()``."""
+    balanced_retinanet(model)
+    model.sample_weighting = sample_weighting_net()
+    return usw_optimizer(optimizer, lr, weight_decay)
 
 
 def sampling_free_fcos(model):

@@ -10,7 +10,6 @@ import functools
 import json
 import logging
 import os
-from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple, Union
 
 from detectron2.data import DatasetCatalog, MetadataCatalog

@@ -6,16 +6,18 @@ import logging
 import os
 import pickle
 from typing import Any, Dict, List
+from urllib.parse import urlparse
 
 import torch
+from iopath.common.file_io import get_cache_dir
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.utils.file_io import PathManager
+from detectron2.utils.file_io import Detectron2Handler, PathManager
 
 from ..compat import UntrustedCheckpointError, torch_load
 from ..data.cache import atomic_write_bytes
 
-__all__ = ["Checkpointer", "CheckpointLoadError"]
+__all__ = ["Checkpointer", "CheckpointLoadError", "WeightsDownloadError", "download_cache_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,8 +51,28 @@ class CheckpointLoadError(RuntimeError):
     """A checkpoint file that cannot be read (truncated, corrupt, not a checkpoint)."""
 
 
+class WeightsDownloadError(CheckpointLoadError):
+    """Weights named by a URL (``detectron2://...``, ``https://...``) could not be downloaded."""
+
+
+def _http_url(path: str) -> str:
+    """``detectron2://X`` -> the https URL detectron2 downloads it from; other URLs as given."""
+    if path.startswith(Detectron2Handler.PREFIX):
+        return Detectron2Handler.S3_DETECTRON2_PREFIX + path[len(Detectron2Handler.PREFIX):]
+    return path
+
+
+def download_cache_path(path: str) -> str:
+    """Where detectron2's ``PathManager`` (iopath's ``HTTPURLHandler``) caches the download of
+    ``path``: ``$FVCORE_CACHE`` (default ``~/.torch/iopath_cache``) + the URL's path. A file
+    placed there is used without downloading."""
+    url = _http_url(path)
+    return os.path.join(get_cache_dir(), os.path.dirname(urlparse(url).path.lstrip("/")),
+                        url.split("/")[-1])
+
+
 class Checkpointer(DetectionCheckpointer):
-    """detectron2's ``DetectionCheckpointer`` with two changes:
+    """detectron2's ``DetectionCheckpointer`` with these changes:
 
     * ``save`` serialises to memory, writes a temporary file and renames it over the target,
       and only then updates ``last_checkpoint`` (also atomically): an interruption leaves the
@@ -61,7 +83,9 @@ class Checkpointer(DetectionCheckpointer):
     * resuming from ``save_dir`` and ``load(..., strict=True)`` (``--eval-only``) refuse a
       checkpoint of another architecture, listing missing/unexpected keys and shape
       mismatches; initialising from other weights (``train.init_checkpoint``, fine-tuning)
-      keeps detectron2's behaviour: matching weights load, the rest is logged.
+      keeps detectron2's behaviour: matching weights load, the rest is logged;
+    * weights named by a URL that cannot be downloaded (no network) raise
+      :class:`WeightsDownloadError` naming the URL, the cache file and how to supply it.
     """
 
     _strict = False
@@ -70,9 +94,28 @@ class Checkpointer(DetectionCheckpointer):
         self._strict = strict
         self._loading = path
         try:
-            return super().load(path, checkpointables)
+            return super().load(self._local_file(path), checkpointables)
         finally:
             self._strict = False
+
+    def _local_file(self, path: str) -> str:
+        """``path`` itself, or for a URL the downloaded (cached) file, with a clear error when
+        the download fails (e.g. no network)."""
+        if not path or "://" not in path or os.path.isfile(path):
+            return path
+        try:
+            return self.path_manager.get_local_path(path)
+        except OSError as e:  # urllib's URLError/HTTPError, timeouts, refused connections
+            url = _http_url(path)
+            raise WeightsDownloadError(
+                f"cannot download {path}"
+                + (f" ({url})" if url != path else "")
+                + f": {e.__class__.__name__}: {e}. Without network access, download the file "
+                f"on another machine and either pass it with train.init_checkpoint=/path/"
+                f"{url.split('/')[-1]} or place it at {download_cache_path(path)} (detectron2's "
+                "download cache: $FVCORE_CACHE, default ~/.torch/iopath_cache), where it is used "
+                "without downloading."
+            ) from e
 
     def resume_or_load(self, path: str, *, resume: bool = True):
         if resume and self.has_checkpoint():

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 from typing import Any, Dict, Optional
@@ -20,6 +21,7 @@ from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 
+from ..compat import known_warnings_ignored
 from ..data.cache import atomic_write_json
 from ..data.samplers import ResumableTrainingSampler
 from ..stats import prepare_model_with_dataset_stats
@@ -27,7 +29,10 @@ from .checkpoint import Checkpointer
 from .launch import create_ddp_model
 from .trainer import Trainer
 
-__all__ = ["do_train", "do_test", "build_model", "build_train_loader", "training_seed", "cfg_get"]
+__all__ = ["do_train", "do_test", "build_model", "build_train_loader", "training_seed", "cfg_get",
+           "EVAL_HISTORY", "eval_history_entry"]
+
+EVAL_HISTORY = "eval_history.json"
 
 logger = logging.getLogger("balanced_det")
 
@@ -62,13 +67,24 @@ def do_test(cfg, model) -> Dict[str, Any]:
     if "evaluator" not in cfg.dataloader:
         return {}
     evaluator = instantiate(cfg.dataloader.evaluator)
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
+    with known_warnings_ignored():
+        results = inference_on_dataset(model, instantiate(cfg.dataloader.test), evaluator)
     if comm.is_main_process() and results:
         print_csv_format(results)
         out = cfg_get(cfg, "train.output_dir")
         if out:
             atomic_write_json(os.path.join(out, "eval_results.json"), results, indent=2)
     return results
+
+
+def eval_history_entry(iteration: int, results: Dict[str, Any]) -> Dict[str, Any]:
+    """One evaluation of ``<output_dir>/eval_history.json``: ``{"iteration": n, "<task>":
+    {metric: value}}`` (``n`` iterations done), the task results as floats."""
+    entry: Dict[str, Any] = {"iteration": int(iteration)}
+    for task, metrics in results.items():
+        if isinstance(metrics, dict):
+            entry[task] = {k: float(v) for k, v in metrics.items()}
+    return entry
 
 
 def training_seed(cfg) -> int:
@@ -108,7 +124,10 @@ def build_train_loader(cfg, start_iter: int = 0, seed: Optional[int] = None):
 
 def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     """Train ``cfg.model``; evaluate every ``train.eval_period`` iterations and at the end
-    (``train.eval_period <= 0``: no evaluation).
+    (``train.eval_period <= 0``: no evaluation). Every evaluation is appended to
+    ``<output_dir>/eval_history.json`` (:func:`eval_history_entry`, a list ordered by
+    iteration; a resumed run keeps the entries before its start), ``eval_results.json`` holds
+    the last one.
 
     Returns the last evaluation results (or None if there was no evaluation).
     """
@@ -147,11 +166,19 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     checkpointer = Checkpointer(model, cfg.train.output_dir, trainer=trainer)
     checkpointer_holder["ckpt"] = checkpointer
     last_results: Dict[str, Any] = {}
+    history: list = []
+    history_path = os.path.join(cfg.train.output_dir, EVAL_HISTORY)
 
     def test_and_keep():
         res = do_test(cfg, model)
         last_results.clear()
         last_results.update(res or {})
+        if res and comm.is_main_process():
+            # after_step: trainer.iter is the finished iteration (0-based); after_train: max_iter
+            done = min(trainer.iter + 1, cfg.train.max_iter)
+            history[:] = [h for h in history if h["iteration"] < done]
+            history.append(eval_history_entry(done, res))
+            atomic_write_json(history_path, history, indent=1)
         return res
 
     trainer.register_hooks([
@@ -169,6 +196,9 @@ def do_train(cfg, resume: bool = False) -> Optional[Dict[str, Any]]:
     if resume and checkpointer.has_checkpoint():
         # The checkpoint stores the iteration that just finished; start at the next one.
         start_iter = trainer.iter + 1
+        if os.path.exists(history_path):
+            with open(history_path) as f:
+                history.extend(h for h in json.load(f) if h["iteration"] <= start_iter)
     else:
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)

@@ -15,11 +15,21 @@ from detectron2.engine import SimpleTrainer
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..utils.events import flush_tensor_scalars, put_tensor_scalars
+from ..compat import has_after_backward, known_warnings_ignored, simple_trainer_options
+from ..utils.events import (
+    flush_tensor_scalars,
+    put_tensor_scalars,
+    take_tensor_scalars,
+    write_tensor_scalars,
+)
 
 __all__ = ["Trainer", "NonFiniteLossError", "resolve_amp_dtype"]
 
 logger = logging.getLogger(__name__)
+
+# Options of newer detectron2's SimpleTrainer that Trainer.run_step implements.
+_HONOURED_OPTIONS = ("gather_metric_period", "zero_grad_before_forward", "async_write_metrics")
+_CALL_AFTER_BACKWARD = has_after_backward()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,6 +63,12 @@ class Trainer(SimpleTrainer):
       (at most ``max_consecutive_skips`` times in a row).
     * Tensor statistics recorded by heads with ``put_tensor_scalars`` are written with the
       losses, in one device-to-host transfer.
+    * With a detectron2 newer than v0.6: hooks' ``after_backward`` runs after the backward
+      pass (before gradient clipping and the optimizer step), and ``SimpleTrainer``'s options
+      are honoured: ``zero_grad_before_forward``, ``gather_metric_period`` (losses are still
+      checked for NaN/inf every iteration) and ``async_write_metrics`` (the losses' host copy
+      stays in the step, for the check; gathering across processes too, to keep collectives
+      in order; the statistics' transfer and the writes run in the background).
     """
 
     def __init__(
@@ -68,8 +84,29 @@ class Trainer(SimpleTrainer):
         nonfinite: str = "raise",
         max_consecutive_skips: int = 20,
         on_nonfinite: Optional[Callable[[int, list], None]] = None,
+        **options,
     ):
-        super().__init__(model, data_loader, optimizer)
+        available = simple_trainer_options()
+        missing = sorted(set(options) - set(available))
+        if missing:
+            import detectron2
+
+            raise TypeError(
+                f"Trainer options {missing} are not SimpleTrainer options of the detectron2 at "
+                f"{detectron2.__path__[0]}, which has {sorted(available) or 'none'} (v0.6 has "
+                f"none; newer releases have {', '.join(_HONOURED_OPTIONS)})")
+        unsupported = sorted(set(options) - set(_HONOURED_OPTIONS))
+        if unsupported:
+            raise TypeError(f"Trainer does not implement SimpleTrainer options {unsupported}; "
+                            f"it implements {', '.join(_HONOURED_OPTIONS)}")
+        options = {**{k: available[k] for k in available if k in _HONOURED_OPTIONS}, **options}
+        period = options.get("gather_metric_period", 1)
+        if not (isinstance(period, int) and period >= 1):
+            raise ValueError(f"gather_metric_period={period!r}: expected an integer >= 1")
+        super().__init__(model, data_loader, optimizer, **options)
+        self.gather_metric_period = period
+        self.zero_grad_before_forward = bool(options.get("zero_grad_before_forward", False))
+        self.async_write_metrics = bool(options.get("async_write_metrics", False))
         if nonfinite not in ("raise", "skip"):
             raise ValueError(f"nonfinite={nonfinite!r}: expected 'raise' or 'skip'")
         if device_type is None:
@@ -93,18 +130,23 @@ class Trainer(SimpleTrainer):
         data = next(self._data_loader_iter)
         data_time = time.perf_counter() - start
 
+        if self.zero_grad_before_forward:
+            self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp):
+                            enabled=self.amp), known_warnings_ignored():
             loss_dict = self.model(data)
         if isinstance(loss_dict, torch.Tensor):
             loss_dict = {"total_loss": loss_dict}
         losses = sum(v.float() for v in loss_dict.values())
 
-        self.optimizer.zero_grad(set_to_none=True)
+        if not self.zero_grad_before_forward:
+            self.optimizer.zero_grad(set_to_none=True)
         if self.grad_scaler is not None:
             self.grad_scaler.scale(losses).backward()
         else:
             losses.backward()
+        if _CALL_AFTER_BACKWARD:
+            self.after_backward()
 
         if self.clip_grad_norm:
             if self.grad_scaler is not None:
@@ -157,19 +199,33 @@ class Trainer(SimpleTrainer):
                 self.on_nonfinite(it, bad)
             raise NonFiniteLossError(msg)
         self._consecutive_skips = 0
-        flush_tensor_scalars(storage)
+        pending = take_tensor_scalars(storage)
+        if (storage.iter + 1) % self.gather_metric_period:
+            return True  # not written this iteration
 
         metrics = dict(zip(names, local))
         metrics["data_time"] = data_time
-        all_metrics = comm.gather(metrics)
-        if comm.is_main_process():
-            storage.put_scalar("data_time", float(np.max([m.pop("data_time") for m in all_metrics])))
-            mean = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
-            storage.put_scalar("total_loss", sum(mean.values()))
-            if len(mean) > 1:
-                storage.put_scalars(**mean)
-            storage.put_scalar("peak_mem_mb", peak_memory_mb(self.device_type), smoothing_hint=False)
+        all_metrics = comm.gather(metrics)  # a collective: here, in step with the other processes
+        if self.async_write_metrics:
+            self.concurrent_executor.submit(self._write_metrics_to, storage, pending, all_metrics,
+                                            cur_iter=storage.iter)
+        else:
+            self._write_metrics_to(storage, pending, all_metrics)
         return True
+
+    def _write_metrics_to(self, storage, pending, all_metrics, **cur_iter) -> None:
+        """Write one iteration's statistics and (main process) gathered losses to ``storage``;
+        ``cur_iter=`` when written in the background (newer detectron2's storage takes it)."""
+        write_tensor_scalars(storage, pending, **cur_iter)
+        if comm.is_main_process():
+            data_time = float(np.max([m.pop("data_time") for m in all_metrics]))
+            storage.put_scalar("data_time", data_time, **cur_iter)
+            mean = {k: float(np.mean([m[k] for m in all_metrics])) for k in all_metrics[0]}
+            storage.put_scalar("total_loss", sum(mean.values()), **cur_iter)
+            if len(mean) > 1:
+                storage.put_scalars(**mean, **cur_iter)
+            storage.put_scalar("peak_mem_mb", peak_memory_mb(self.device_type),
+                               smoothing_hint=False, **cur_iter)
 
     def state_dict(self):
         ret = super().state_dict()

@@ -23,7 +23,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ..ops import softmax_prior_bias
+from ..ops import aligned_iou, softmax_prior_bias, usw_features
 from ..utils.checks import check_choice, check_int, check_plugin, check_range
 from ..utils.events import put_tensor_scalars
 from ..utils.signature import with_base_signature
@@ -31,6 +31,7 @@ from ..utils.tensor_math import float32_math
 from .losses import CARL, BoxRegressionLoss, ElementwiseBoxLoss, GuidedLoss, SmoothL1Loss
 from .samplers import BoxHeadProbe, ISRPWeighting, SampleCandidates, Sampler, resolve_sampler
 from .sampling_free import ClassScoreThresholds
+from .usw import SampleWeightingNet
 
 __all__ = ["BalancedROIHeads", "BalancedFastRCNNOutputLayers"]
 
@@ -60,6 +61,9 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
         prior_init: softmax optimal bias initialisation from the dataset statistics.
         class_adaptive_thresholds: per-class inference thresholds from the dataset statistics
             (buffer ``class_score_thresholds``, saved with checkpoints).
+        sample_weighting: a :class:`~balanced_det.modeling.usw.SampleWeightingNet` (USW):
+            ``loss_cls`` and ``loss_box_reg`` weighted by ``exp(-s)`` of its per-ROI scores,
+            plus its regularisers ``loss_usw_cls``, ``loss_usw_reg`` (docs/methods/usw.md).
 
     Per-sample classification weights: when every proposal carries ``cls_weights`` (ISR-P /
     ISR-N), ``loss_cls = sum_i w_i CE_i / #ROIs``; otherwise detectron2's mean cross entropy.
@@ -80,6 +84,7 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
         guided_loss: Optional[GuidedLoss] = None,
         prior_init: bool = False,
         class_adaptive_thresholds: bool = False,
+        sample_weighting: Optional[SampleWeightingNet] = None,
         **kwargs,
     ):
         super().__init__(input_shape, **kwargs)
@@ -102,8 +107,13 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
         if (carl is not None or box_reg_normalizer == "positives") and self.box_loss is None:
             raise ValueError(f"carl / box_reg_normalizer='positives' need an element-wise box "
                              f"loss; box_reg_loss_type={self.box_reg_loss_type!r} is not one")
+        if sample_weighting is not None and self.box_loss is None:
+            raise ValueError(f"sample_weighting needs an element-wise box loss (its 4-d input); "
+                             f"box_reg_loss_type={self.box_reg_loss_type!r} is not one")
         self.carl = check_plugin("carl", carl, CARL)
         self.guided_loss = check_plugin("guided_loss", guided_loss, GuidedLoss)
+        self.sample_weighting = check_plugin("sample_weighting", sample_weighting,
+                                             SampleWeightingNet)
         self.prior_init = bool(prior_init)
         self.class_score_thresholds = (
             ClassScoreThresholds(self.num_classes, self.test_score_thresh)
@@ -147,8 +157,8 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
         return fg_inds, fg_pred, fg_target
 
     def losses(self, predictions, proposals):
-        """``loss_cls`` (weighted / guided if configured), ``loss_box_reg`` and, with CARL,
-        ``loss_carl``."""
+        """``loss_cls`` (weighted / guided if configured), ``loss_box_reg``, with CARL
+        ``loss_carl``, with USW ``loss_usw_cls`` and ``loss_usw_reg``."""
         scores, proposal_deltas = predictions
         with float32_math(scores):
             scores = scores.float()
@@ -168,27 +178,30 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             weights = None
             if len(proposals) and all(p.has("cls_weights") for p in proposals):
                 weights = cat([p.cls_weights for p in proposals], dim=0).float()
-            if weights is None:
-                loss_cls = cross_entropy(scores, gt_classes, reduction="mean")
-            elif num_rois == 0:
-                loss_cls = scores.sum() * 0.0
+            if self.sample_weighting is not None:
+                losses, fg_inds, elem = self._usw_losses(scores, proposal_deltas, gt_classes,
+                                                          proposal_boxes, gt_boxes, weights)
+                loss_cls = losses["loss_cls"]
             else:
-                ce = F.cross_entropy(scores, gt_classes, reduction="none")
-                loss_cls = (weights * ce).sum() / num_rois
-
-            if self.box_loss is not None:
-                fg_inds, fg_pred, fg_target = self._fg_regression(
-                    proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
-                elem = self.box_loss.elements(fg_pred, fg_target)
-                if self.box_reg_normalizer == "positives":
-                    norm = float(max(fg_inds.numel() * proposal_boxes.shape[1], 1))
+                if weights is None:
+                    loss_cls = cross_entropy(scores, gt_classes, reduction="mean")
+                elif num_rois == 0:
+                    loss_cls = scores.sum() * 0.0
                 else:
-                    norm = float(max(num_rois, 1))
-                loss_box_reg = elem.sum() / norm
-            else:
-                loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas,
-                                                 gt_classes)
-            losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
+                    ce = F.cross_entropy(scores, gt_classes, reduction="none")
+                    loss_cls = (weights * ce).sum() / num_rois
+
+                if self.box_loss is not None:
+                    fg_inds, fg_pred, fg_target = self._fg_regression(
+                        proposal_boxes, gt_boxes, proposal_deltas, gt_classes)
+                    elem = self.box_loss.elements(fg_pred, fg_target)
+                    norm = self._box_normalizer(fg_inds.numel(), num_rois,
+                                                proposal_boxes.shape[1])
+                    loss_box_reg = elem.sum() / norm
+                else:
+                    loss_box_reg = self.box_reg_loss(proposal_boxes, gt_boxes, proposal_deltas,
+                                                     gt_classes)
+                losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box_reg}
 
             if self.carl is not None:
                 if fg_inds.numel() == 0:
@@ -207,6 +220,35 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
                 losses["loss_cls"] = cls * self.loss_weight.get("loss_cls", 1.0)
                 put_tensor_scalars(**{"fast_rcnn/guided_ratio": r})
         return losses
+
+    def _box_normalizer(self, num_fg, num_rois: int, box_dim: int = 4) -> float:
+        """The box-loss divisor of ``box_reg_normalizer``: sampled ROIs or 4 x positives."""
+        if self.box_reg_normalizer == "positives":
+            return float(max(num_fg * box_dim, 1))
+        return float(max(num_rois, 1))
+
+    def _usw_losses(self, scores, deltas, gt_classes, proposal_boxes, gt_boxes, weights):
+        """USW's weighted ``loss_cls`` / ``loss_box_reg`` and regularisers (float32 inputs);
+        returns ``(losses, fg_inds, element-wise box loss of the positives)``. The network's
+        inputs (:func:`~balanced_det.ops.usw_features`) are detached."""
+        num_rois = gt_classes.numel()
+        fg_mask = (gt_classes >= 0) & (gt_classes < self.num_classes)
+        ce = (F.cross_entropy(scores, gt_classes, reduction="none") if num_rois
+              else scores.sum(dim=1))
+        fg_inds, fg_pred, fg_target = self._fg_regression(proposal_boxes, gt_boxes, deltas,
+                                                          gt_classes)
+        elem = self.box_loss.elements(fg_pred, fg_target)
+        with torch.no_grad():
+            fg_cls = gt_classes[fg_inds]
+            probs_gt = F.softmax(scores.detach(), dim=1)[fg_inds, fg_cls]
+            pred_boxes = self.box2box_transform.apply_deltas(
+                torch.nan_to_num(fg_pred.detach(), nan=0.0), proposal_boxes[fg_inds])
+            ious = aligned_iou(pred_boxes, gt_boxes[fg_inds])
+            feats = usw_features(num_rois, fg_inds, ious, probs_gt, ce, elem)
+        losses = self.sample_weighting.losses(
+            feats, ce, elem, fg_inds, fg_mask,
+            self._box_normalizer(fg_inds.numel(), num_rois, proposal_boxes.shape[1]), weights)
+        return losses, fg_inds, elem
 
     def _log_classification_stats(self, scores: torch.Tensor, gt_classes: torch.Tensor) -> None:
         """detectron2's ``fast_rcnn/*`` accuracy statistics, logged without a host sync."""

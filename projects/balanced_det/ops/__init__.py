@@ -9,7 +9,7 @@ from .carl import carl_loss, carl_weights
 from .dw import DWImageTerms, DWImageWeights, dw_image_terms, dw_image_weights, dw_losses
 from .focal_star import sigmoid_focal_loss_star
 from .ghm import GHMC, GHMR
-from .hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
+from .hlr import hierarchical_rank, iou_hlr_rank, lexsort, local_rank, nms_cluster_local_rank
 from .isr import (
     isr_n_select,
     isr_p_weights,
@@ -26,5 +26,6 @@ from .sampling_free import (
     sigmoid_prior_bias,
     softmax_prior_bias,
 )
+from .usw import USW_FEATURE_DIMS, usw_features, usw_losses, usw_scores
 
 __all__ = [k for k in globals() if not k.startswith("_")]

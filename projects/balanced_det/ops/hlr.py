@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, box_iou, nms
 
-__all__ = ["local_rank", "hierarchical_rank", "iou_hlr_rank", "nms_cluster_local_rank"]
+__all__ = ["lexsort", "local_rank", "hierarchical_rank", "iou_hlr_rank", "nms_cluster_local_rank"]
 
 
-def _lexsort(keys: Sequence[Tuple[torch.Tensor, bool]], n: int, device) -> torch.Tensor:
+def lexsort(keys: Sequence[Tuple[torch.Tensor, bool]], n: int, device) -> torch.Tensor:
     """Permutation sorting by ``keys`` (most significant first; each ``(key, descending)``),
     ties broken by index. Built by stable sorts from the least significant key up."""
     perm = torch.arange(n, device=device)
@@ -54,7 +54,7 @@ def local_rank(values: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
     n = values.numel()
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=values.device)
-    perm = _lexsort([(group_ids, False), (values.float(), True)], n, values.device)
+    perm = lexsort([(group_ids, False), (values.float(), True)], n, values.device)
     return _rank_in_sorted_groups(perm, group_ids)
 
 
@@ -77,7 +77,7 @@ def hierarchical_rank(
         return torch.zeros(0, dtype=torch.long, device=values.device)
     if class_ids is None:
         class_ids = torch.zeros(n, dtype=torch.long, device=values.device)
-    perm = _lexsort(
+    perm = lexsort(
         [(class_ids, False), (local_ranks, False), (values.float(), True)], n, values.device
     )
     return _rank_in_sorted_groups(perm, class_ids)

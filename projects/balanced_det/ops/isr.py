@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .hlr import _lexsort, hierarchical_rank, iou_hlr_rank, nms_cluster_local_rank
+from .hlr import lexsort, hierarchical_rank, iou_hlr_rank, nms_cluster_local_rank
 
 __all__ = [
     "isr_weights",
@@ -170,7 +170,7 @@ def isr_n_select(
     r = hierarchical_rank(lr, s, group)  # Score-HLR rank among the valid ones
     rand = torch.rand(n, generator=generator, device=device)
     # valid ones first by rank, then the invalid ones in random order
-    order = _lexsort([(group, False), (torch.where(valid, r.float(), rand), False)], n, device)
+    order = lexsort([(group, False), (torch.where(valid, r.float(), rand), False)], n, device)
     sel = order[:k]
 
     n_valid = valid.sum()

@@ -13,7 +13,8 @@ import torch
 
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["put_tensor_scalars", "flush_tensor_scalars"]
+__all__ = ["put_tensor_scalars", "flush_tensor_scalars", "take_tensor_scalars",
+           "write_tensor_scalars"]
 
 _ATTR = "_balanced_det_pending_scalars"
 
@@ -35,12 +36,18 @@ def put_tensor_scalars(**values) -> None:
         pending[k] = v.detach().float().reshape(()) if torch.is_tensor(v) else torch.tensor(float(v))
 
 
-def flush_tensor_scalars(storage=None) -> Dict[str, float]:
-    """Write the recorded statistics to ``storage`` (one device-to-host copy) and clear them."""
+def take_tensor_scalars(storage=None) -> Dict[str, torch.Tensor]:
+    """Remove and return the statistics recorded so far (tensors, no sync)."""
     storage = storage or _storage_or_none()
     if storage is None:
         return {}
-    pending: Dict[str, torch.Tensor] = storage.__dict__.pop(_ATTR, {})
+    return storage.__dict__.pop(_ATTR, {})
+
+
+def write_tensor_scalars(storage, pending: Dict[str, torch.Tensor],
+                         **put_kwargs) -> Dict[str, float]:
+    """Write ``pending`` (from :func:`take_tensor_scalars`) to ``storage`` with one
+    device-to-host copy; ``put_kwargs`` go to ``storage.put_scalars`` (e.g. ``cur_iter``)."""
     if not pending:
         return {}
     names = list(pending)
@@ -50,5 +57,13 @@ def flush_tensor_scalars(storage=None) -> Dict[str, float]:
         device_vals = [v.cpu() for v in device_vals]
     values = torch.stack(device_vals).tolist()
     out = dict(zip(names, values))
-    storage.put_scalars(**out)
+    storage.put_scalars(**out, **put_kwargs)
     return out
+
+
+def flush_tensor_scalars(storage=None) -> Dict[str, float]:
+    """Write the recorded statistics to ``storage`` (one device-to-host copy) and clear them."""
+    storage = storage or _storage_or_none()
+    if storage is None:
+        return {}
+    return write_tensor_scalars(storage, take_tensor_scalars(storage))

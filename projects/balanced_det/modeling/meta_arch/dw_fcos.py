@@ -8,25 +8,26 @@ and the pyramid levels.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from detectron2.modeling import Backbone
 from detectron2.structures import ImageList, Instances
 
 from ...ops.box_refine import refine_ltrb
 from ...ops.dw import dw_image_terms, dw_losses
 from ...utils.checks import check_int, check_range
 from ...utils.events import put_tensor_scalars
+from ...utils.signature import with_base_signature
 from ...utils.tensor_math import reduce_mean, world_size
 from .fcos import DensePointDetector, decode_ltrb, flatten_levels
 
 __all__ = ["DWFCOS"]
 
 
+@with_base_signature
 class DWFCOS(DensePointDetector):
     """DW-FCOS detector. Constructor arguments are plain values, settable from LazyConfig.
 
@@ -40,36 +41,19 @@ class DWFCOS(DensePointDetector):
         pos_loss_weight: weight of the positive terms (the reference's 0.25).
         gt_chunk_size: at most this many GTs per chunk of the (P, G) weight computation
             (``None``: all at once); bounds the memory for images with many GTs.
-        test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
-            inference filtering (0.05, 1000 per level, 0.6, 100).
-        anchor_offset: position of a point inside its cell (0.5).
+        **kwargs: :class:`DensePointDetector`'s (backbone, head, inference filtering: 0.05,
+            1000 per level, NMS 0.6, 100 detections, ...).
     """
 
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        head: nn.Module,
-        head_in_features: Optional[Sequence[str]] = None,
-        num_classes: int,
         center_prior_sigma: float = 1.11,
         pos_loss_weight: float = 0.25,
         gt_chunk_size: Optional[int] = 256,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        anchor_offset: float = 0.5,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
+        **kwargs,
     ):
-        super().__init__(
-            backbone=backbone, head=head, head_in_features=head_in_features,
-            num_classes=num_classes, test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates, test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image, anchor_offset=anchor_offset,
-            pixel_mean=pixel_mean, pixel_std=pixel_std,
-        )
+        super().__init__(**kwargs)
         self.center_prior_sigma = check_range("center_prior_sigma", center_prior_sigma, 0.0,
                                               low_open=True)
         self.pos_loss_weight = check_range("pos_loss_weight", pos_loss_weight, 0.0,

@@ -25,6 +25,7 @@ from detectron2.structures import Boxes, ImageList, Instances
 from ...ops.points import centerness_target, fcos_assign, fcos_scale_ranges, grid_points
 from ...utils.checks import check_int, check_plugin, check_range
 from ...utils.events import put_tensor_scalars
+from ...utils.signature import with_base_signature
 from ..losses import BoxRegressionLoss, ClassificationLoss, FocalLoss, GIoULoss, GuidedLoss
 from .dense import BalancedDenseMixin
 
@@ -155,6 +156,7 @@ class DensePointDetector(DenseDetector, metaclass=ABCMeta):
         return result
 
 
+@with_base_signature
 class FCOS(BalancedDenseMixin, DensePointDetector):
     """FCOS detector. Constructor arguments are plain values or plug-in objects.
 
@@ -173,9 +175,7 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
         prior_init, class_adaptive_thresholds: Sampling-Free's dataset-statistics options
             (points counted with this detector's FCOS assignment; thresholds applied to the
             detection score).
-        test_score_thresh, test_topk_candidates, test_nms_thresh, max_detections_per_image:
-            inference filtering (per level: threshold then top-k; then NMS over levels).
-        anchor_offset: position of a point inside its cell (0.5 = centre).
+        **kwargs: :class:`DensePointDetector`'s (backbone, head, inference filtering, ...).
     """
 
     stats_counter_name = "fcos_points"
@@ -183,10 +183,6 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
     def __init__(
         self,
         *,
-        backbone: Backbone,
-        head: nn.Module,
-        head_in_features: Optional[Sequence[str]] = None,
-        num_classes: int,
         center_sampling_radius: float = 1.5,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
@@ -197,21 +193,9 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
         guided_loss: Optional[GuidedLoss] = None,
         prior_init: bool = False,
         class_adaptive_thresholds: bool = False,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        anchor_offset: float = 0.5,
-        pixel_mean: Sequence[float],
-        pixel_std: Sequence[float],
+        **kwargs,
     ):
-        super().__init__(
-            backbone=backbone, head=head, head_in_features=head_in_features,
-            num_classes=num_classes, test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates, test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image, anchor_offset=anchor_offset,
-            pixel_mean=pixel_mean, pixel_std=pixel_std,
-        )
+        super().__init__(**kwargs)
         self.center_sampling_radius = check_range("center_sampling_radius",
                                                   center_sampling_radius, 0.0, low_open=True)
         self.cls_loss = check_plugin("cls_loss", cls_loss, ClassificationLoss,
@@ -226,7 +210,7 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
             loss_normalizer_init=loss_normalizer_init,
             loss_normalizer_momentum=loss_normalizer_momentum, prior_init=prior_init,
             class_adaptive_thresholds=class_adaptive_thresholds,
-            test_score_thresh=test_score_thresh)
+            test_score_thresh=self.test_score_thresh)
 
     @torch.no_grad()
     def label_points(

@@ -26,7 +26,13 @@ from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
-from ...ops import encode_box_deltas, renormalize_to_loss, unique_gt_ids_from_pairs
+from ...ops import (
+    aligned_iou,
+    encode_box_deltas,
+    renormalize_to_loss,
+    unique_gt_ids_from_pairs,
+    usw_features,
+)
 from ...stats import anchor_generator_key, anchor_stats_counter, matcher_key
 from ...utils.checks import check_choice, check_int, check_plugin, check_range
 from ...utils.events import put_tensor_scalars
@@ -44,6 +50,7 @@ from ..losses import (
     SmoothL1Loss,
 )
 from ..samplers import ISRPWeighting
+from ..usw import SampleWeightingNet
 from .dense import BalancedDenseMixin
 
 __all__ = ["BalancedRetinaNet"]
@@ -77,6 +84,10 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         carl: a :class:`~balanced_det.modeling.losses.CARL` (sigmoid probability of the GT
             class, the element-wise box loss): adds ``loss_carl``.
         guided_loss: a :class:`~balanced_det.modeling.losses.GuidedLoss`.
+        sample_weighting: a :class:`~balanced_det.modeling.usw.SampleWeightingNet` (USW) on
+            every anchor: ``loss_cls`` and ``loss_box_reg`` weighted by ``exp(-s)``, plus
+            ``loss_usw_cls``, ``loss_usw_reg`` (docs/methods/usw.md); needs element-wise losses
+            and does not combine with ``positive_weighting``.
         anchor_assigner: an :class:`~balanced_det.modeling.assigners.AnchorAssigner`
             (``NoisyAnchorAssigner``) that replaces ``anchor_matcher`` in training; its soft
             targets scale the one-hot targets and its weights ``r`` re-weight every anchor's
@@ -101,6 +112,7 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         positive_weighting: Optional[ISRPWeighting] = None,
         carl: Optional[CARL] = None,
         guided_loss: Optional[GuidedLoss] = None,
+        sample_weighting: Optional[SampleWeightingNet] = None,
         anchor_assigner: Optional[AnchorAssigner] = None,
         prior_init: bool = False,
         class_adaptive_thresholds: bool = False,
@@ -130,6 +142,16 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             raise ValueError(f"carl needs an element-wise box loss on deltas; "
                              f"box_reg_loss={self.box_reg_loss!r} is not one")
         self.guided_loss = check_plugin("guided_loss", guided_loss, GuidedLoss)
+        self.sample_weighting = check_plugin("sample_weighting", sample_weighting,
+                                             SampleWeightingNet)
+        if self.sample_weighting is not None and (
+                not isinstance(self.cls_loss, ElementwiseClassificationLoss)
+                or self.box_reg_loss.on_boxes
+                or not isinstance(self.box_reg_loss, ElementwiseBoxLoss)
+                or self.positive_weighting is not None):
+            raise ValueError(f"sample_weighting needs element-wise losses (cls_loss="
+                             f"{self.cls_loss!r}, box_reg_loss={self.box_reg_loss!r}) on deltas "
+                             f"and no positive_weighting ({self.positive_weighting!r})")
         self.anchor_assigner = check_plugin("anchor_assigner", anchor_assigner, AnchorAssigner)
         if self.anchor_assigner is not None:
             if not isinstance(self.cls_loss, ElementwiseClassificationLoss) or (
@@ -139,9 +161,9 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
                     f"anchor_assigner re-weights per-anchor losses: it needs an element-wise "
                     f"classification loss and an element-wise box loss on deltas; got "
                     f"cls_loss={self.cls_loss!r}, box_reg_loss={self.box_reg_loss!r}")
-            if self.positive_weighting is not None:
-                raise ValueError("anchor_assigner and positive_weighting both weight the "
-                                 "positives; set one of them")
+            if self.positive_weighting is not None or self.sample_weighting is not None:
+                raise ValueError("anchor_assigner and positive_weighting / sample_weighting "
+                                 "all weight the positives; set one of them")
             if prior_init or class_adaptive_thresholds:
                 raise ValueError("prior_init and class_adaptive_thresholds count anchors with "
                                  "anchor_matcher, not with anchor_assigner; turn them off")
@@ -244,47 +266,47 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         gt_deltas = encode_box_deltas(anchors_t.expand_as(gt_boxes), safe_gt,
                                       self.box2box_transform.weights)  # 0 off the positives
         pos_index = (pos.nonzero(as_tuple=True)
-                     if (self.positive_weighting is not None or self.carl is not None) else None)
+                     if (self.positive_weighting is not None or self.carl is not None
+                         or self.sample_weighting is not None) else None)
 
-        # ---- classification
+        # ---- classification and box regression
         anchor_w = valid.to(logits.dtype)
-        if anchor_weights is not None:
-            elements = self.cls_loss.elements(logits, targets) * anchor_w[..., None]
-            w = renormalize_to_loss(anchor_weights.reshape(-1), elements.reshape(-1, C))
-            loss_cls = self.cls_loss.reduce(elements, w.reshape_as(anchor_w)[..., None],
-                                            normalizer)
-        elif self.positive_weighting is None:
-            loss_cls = self.cls_loss(logits, targets, anchor_w[..., None], normalizer)
-        else:
-            if matched_gt_idxs is None or num_gts is None:
-                raise ValueError("positive_weighting needs matched_gt_idxs and num_gts "
-                                 "(forward_training passes them)")
-            elements = self.cls_loss.elements(logits, targets)
-            img, anc = pos_index
-            matched = (torch.stack(list(matched_gt_idxs))
-                       if not torch.is_tensor(matched_gt_idxs) else matched_gt_idxs)
-            pred = self.box2box_transform.apply_deltas(deltas[img, anc], anchors_t[anc])
-            gt_ids = unique_gt_ids_from_pairs(img, matched[img, anc], num_gts)
-            w = self.positive_weighting(pred, gt_boxes[img, anc], gt_ids, gt_labels[img, anc],
-                                        elements[img, anc])
-            if w.numel() > 0:
-                anchor_w = anchor_w.index_put(pos_index, w)
-                put_tensor_scalars(isr_p_weight_mean=w.mean(), isr_p_weight_max=w.max())
-            loss_cls = self.cls_loss.reduce(elements, anchor_w[..., None], normalizer)
-
-        # ---- box regression
-        if self.box_reg_loss.on_boxes:
-            pred_boxes = self.box2box_transform.apply_deltas(
-                deltas.reshape(-1, 4), anchors_t.repeat(num_images, 1)).reshape_as(deltas)
-            loss_box = self.box_reg_loss(pred_boxes, safe_gt, mask=pos, normalizer=normalizer)
+        if self.sample_weighting is not None:
+            losses = self._usw_losses(logits, targets, anchor_w, deltas, gt_deltas, gt_boxes,
+                                      gt_labels, anchors_t, pos, pos_index, normalizer)
+            loss_cls = losses["loss_cls"]
         elif anchor_weights is not None:
-            box = torch.where(pos, self.box_reg_loss.per_box(deltas, gt_deltas),
-                              torch.zeros((), device=deltas.device))
-            w = renormalize_to_loss(anchor_weights.reshape(-1), box.reshape(-1))
-            loss_box = (box * w.reshape_as(box)).sum() / normalizer
+            losses = self._reweighted_losses(logits, targets, anchor_w, deltas, gt_deltas, pos,
+                                             anchor_weights, normalizer)
+            loss_cls = losses["loss_cls"]
         else:
-            loss_box = self.box_reg_loss(deltas, gt_deltas, mask=pos, normalizer=normalizer)
-        losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box}
+            if self.positive_weighting is None:
+                loss_cls = self.cls_loss(logits, targets, anchor_w[..., None], normalizer)
+            else:
+                if matched_gt_idxs is None or num_gts is None:
+                    raise ValueError("positive_weighting needs matched_gt_idxs and num_gts "
+                                     "(forward_training passes them)")
+                elements = self.cls_loss.elements(logits, targets)
+                img, anc = pos_index
+                matched = (torch.stack(list(matched_gt_idxs))
+                           if not torch.is_tensor(matched_gt_idxs) else matched_gt_idxs)
+                pred = self.box2box_transform.apply_deltas(deltas[img, anc], anchors_t[anc])
+                gt_ids = unique_gt_ids_from_pairs(img, matched[img, anc], num_gts)
+                w = self.positive_weighting(pred, gt_boxes[img, anc], gt_ids, gt_labels[img, anc],
+                                            elements[img, anc])
+                if w.numel() > 0:
+                    anchor_w = anchor_w.index_put(pos_index, w)
+                    put_tensor_scalars(isr_p_weight_mean=w.mean(), isr_p_weight_max=w.max())
+                loss_cls = self.cls_loss.reduce(elements, anchor_w[..., None], normalizer)
+
+            # ---- box regression
+            if self.box_reg_loss.on_boxes:
+                pred_boxes = self.box2box_transform.apply_deltas(
+                    deltas.reshape(-1, 4), anchors_t.repeat(num_images, 1)).reshape_as(deltas)
+                loss_box = self.box_reg_loss(pred_boxes, safe_gt, mask=pos, normalizer=normalizer)
+            else:
+                loss_box = self.box_reg_loss(deltas, gt_deltas, mask=pos, normalizer=normalizer)
+            losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box}
 
         # ---- PISA CARL
         if self.carl is not None:
@@ -304,6 +326,41 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             losses["loss_box_reg"] = reg
             put_tensor_scalars(guided_loss_ratio=r)
         return losses
+
+    def _usw_losses(self, logits, targets, anchor_w, deltas, gt_deltas, gt_boxes, gt_labels,
+                    anchors_t, pos, pos_index, normalizer) -> Dict[str, Tensor]:
+        """USW over every anchor of the batch (the authors' ``RetinaHeadV2``, with detached
+        inputs): per anchor its classification loss summed over the classes (0 for ignored
+        anchors), for positives the IoU of the regressed box with the GT, the sigmoid
+        probability of the GT class and the 4-d box loss; one classification score, the mean
+        over all anchors. Both losses / ``normalizer``."""
+        ce = (self.cls_loss.elements(logits, targets) * anchor_w[..., None]).sum(-1).reshape(-1)
+        img, anc = pos_index
+        box = self.box_reg_loss.elements(deltas[img, anc], gt_deltas[img, anc])
+        flat_pos = pos.reshape(-1)
+        fg_inds = img * pos.shape[1] + anc
+        with torch.no_grad():
+            probs = logits[img, anc, gt_labels[img, anc]].detach().sigmoid()
+            pred = self.box2box_transform.apply_deltas(
+                torch.nan_to_num(deltas[img, anc].detach(), nan=0.0), anchors_t[anc])
+            ious = aligned_iou(pred, gt_boxes[img, anc])
+            feats = usw_features(flat_pos.numel(), fg_inds, ious, probs, ce, box)
+        return self.sample_weighting.losses(feats, ce, box, fg_inds, flat_pos, normalizer,
+                                            groups=False, cls_normalizer=normalizer)
+
+    def _reweighted_losses(self, logits, targets, anchor_w, deltas, gt_deltas, pos,
+                           anchor_weights, normalizer) -> Dict[str, Tensor]:
+        """An anchor assigner's weights ``r`` on every anchor's classification row and on the
+        positives' box losses, each rescaled to keep its sum: ``w = r sum(l) / sum(r l)``
+        (detached). Both losses / ``normalizer``."""
+        C = logits.shape[-1]
+        elements = self.cls_loss.elements(logits, targets) * anchor_w[..., None]
+        w = renormalize_to_loss(anchor_weights.reshape(-1), elements.reshape(-1, C))
+        loss_cls = self.cls_loss.reduce(elements, w.reshape_as(anchor_w)[..., None], normalizer)
+        box = torch.where(pos, self.box_reg_loss.per_box(deltas, gt_deltas),
+                          torch.zeros((), device=deltas.device))
+        w = renormalize_to_loss(anchor_weights.reshape(-1), box.reshape(-1))
+        return {"loss_cls": loss_cls, "loss_box_reg": (box * w.reshape_as(box)).sum() / normalizer}
 
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images: ImageList, features: List[Tensor],
