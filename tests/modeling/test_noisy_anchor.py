@@ -19,6 +19,8 @@ from balanced_det.modeling import (
     SoftTargetFocalLoss,
 )
 
+from balanced_det.modeling.usw import SampleWeightingNet
+
 import noisy_anchor_reference as ref
 from helpers_dense import batch
 
@@ -187,6 +189,7 @@ def test_default_keeps_the_matcher(tiny_retinanet):
     (dict(cls_loss=GHMCLoss()), "element-wise classification loss"),
     (dict(box_reg_loss=GIoULoss()), "element-wise box loss on deltas"),
     (dict(positive_weighting=ISRPWeighting()), "set one of them"),
+    (dict(sample_weighting=SampleWeightingNet()), "set one of them"),
     (dict(prior_init=True), "turn them off"),
 ])
 def test_bad_combinations_fail_at_build_time(tiny_retinanet, kw, message):
