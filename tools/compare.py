@@ -52,6 +52,8 @@ SUITES: Dict[str, List[Tuple[str, str, str]]] = {
         ("libra_retinanet", "configs/Trees/libra_retinanet_effnet_lite0_FPN.py", "Libra RetinaNet"),
         ("sampling_free_retinanet", "configs/Trees/sampling_free_retinanet_effnet_lite0_FPN.py", "Sampling-Free RetinaNet"),
         ("usw_retinanet", "configs/Trees/usw_retinanet_effnet_lite0_FPN.py", "USW RetinaNet"),
+        ("fl_star_retinanet", "configs/Trees/fl_star_retinanet_effnet_lite0_FPN.py", "FL* RetinaNet"),
+        ("noisy_anchor_retinanet", "configs/Trees/noisy_anchor_retinanet_effnet_lite0_FPN.py", "Noisy-anchor RetinaNet"),
         ("faster_rcnn", "configs/Trees/faster_rcnn_effnet_lite0_FPN.py", "Faster R-CNN (random)"),
         ("ohem_faster_rcnn", "configs/Trees/ohem_faster_rcnn_effnet_lite0_FPN.py", "OHEM Faster R-CNN"),
         ("libra_faster_rcnn", "configs/Trees/libra_faster_rcnn_effnet_lite0_FPN.py", "Libra Faster R-CNN"),

@@ -18,7 +18,8 @@ from conftest import all_config_files, rel
 from helpers import tiny_cfg
 
 setup_logger(name="balanced_det")
-METHOD_PREFIXES = ("pisa_", "ghm_", "libra_", "sampling_free_", "dw_", "usw_")
+METHOD_PREFIXES = ("pisa_", "ghm_", "libra_", "sampling_free_", "dw_", "usw_", "fl_star_",
+                   "noisy_anchor_")
 DENSE_METHOD_CONFIGS = [
     p for p in all_config_files()
     if os.path.basename(p).startswith(METHOD_PREFIXES)
@@ -29,7 +30,8 @@ EXPECTED = {
     for d, suffix in (("COCO-Detection", "R_50_FPN_1x.py"), ("Trees", "effnet_lite0_FPN.py"),
                       ("Synthetic", "effnet_lite0_FPN.py"))
     for m in ("pisa_retinanet", "ghm_retinanet", "libra_retinanet", "sampling_free_retinanet",
-              "usw_retinanet", "dw_fcos", "sampling_free_fcos")
+              "usw_retinanet", "dw_fcos", "sampling_free_fcos", "fl_star_retinanet",
+              "noisy_anchor_retinanet")
 } | {"COCO-Detection/dw_fcos_R_50_FPN_refine_1x.py", "Trees/dw_fcos_refine_effnet_lite0_FPN.py",
      "Synthetic/dw_fcos_refine_effnet_lite0_FPN.py"}
 
@@ -63,6 +65,19 @@ def test_libra_config_wraps_the_fpn_at_p4():
     model = instantiate(load_config(p[0]).model)
     assert type(model.backbone).__name__ == "BalancedFPN" and model.backbone.refine_level == 1
     assert model.backbone.output_shape()["p4"].stride == 16
+
+
+def test_fl_star_config_functions_set_the_loss():
+    from balanced_det.modeling import FocalLossStar
+
+    from configs.common.models.dense_methods import fl_star_fcos
+
+    p = [p for p in DENSE_METHOD_CONFIGS if rel(p) == "Trees/fl_star_retinanet_effnet_lite0_FPN.py"]
+    loss = instantiate(load_config(p[0]).model).cls_loss
+    assert isinstance(loss, FocalLossStar) and (loss.alpha, loss.gamma, loss.beta) == (0.25, 2, 1)
+    cfg = load_config(os.path.join(os.path.dirname(p[0]), "fcos_effnet_lite0_FPN.py"))
+    loss = instantiate(fl_star_fcos(cfg.model, gamma=4.0, beta=0.0).cls_loss)
+    assert isinstance(loss, FocalLossStar) and (loss.gamma, loss.beta) == (4.0, 0.0)
 
 
 def _tiny(path, out="OUT"):

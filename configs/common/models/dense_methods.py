@@ -11,11 +11,15 @@ from detectron2.config import LazyCall as L
 from balanced_det.modeling.losses import (
     CARL,
     BalancedL1Loss,
+    FocalLossStar,
     GHMCLoss,
     GHMRLoss,
     GuidedLoss,
     SigmoidBCELoss,
+    SmoothL1Loss,
+    SoftTargetFocalLoss,
 )
+from balanced_det.modeling.assigners import NoisyAnchorAssigner
 from balanced_det.modeling.meta_arch.dw_fcos import DWFCOS
 from balanced_det.modeling.meta_arch.retinanet import BalancedRetinaNet
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
@@ -71,6 +75,35 @@ def sampling_free_retinanet(model):
     model.guided_loss = L(GuidedLoss)(w_cls=1.0, w_reg=1.0)
     model.prior_init = True
     model.class_adaptive_thresholds = True
+    return model
+
+
+def fl_star_retinanet(model, gamma=2.0, beta=1.0):
+    """FL* instead of focal loss (alpha 0.25; gamma 2, beta 1 by default, the paper's first
+    setting; its other one is gamma 4, beta 0). Anchors, matcher, box loss, normaliser, prior
+    and inference: the baseline's. See docs/methods/fl_star.md."""
+    balanced_retinanet(model)
+    model.cls_loss = L(FocalLossStar)(alpha=0.25, gamma=gamma, beta=beta)
+    return model
+
+
+def fl_star_fcos(model, gamma=2.0, beta=1.0):
+    """FL* instead of FCOS's focal loss (alpha 0.25, ``gamma``, ``beta`` as
+    :func:`fl_star_retinanet`); everything else is FCOS's."""
+    model.cls_loss = L(FocalLossStar)(alpha=0.25, gamma=gamma, beta=beta)
+    return model
+
+
+def noisy_anchor_retinanet(model, topk=30, alpha=0.75):
+    """Learning from Noisy Anchors: the top-30 anchors by IoU of every GT are the candidates
+    (no IoU threshold, no ignored anchors; ``anchor_matcher`` is not used in training), soft
+    targets and loss weights from their cleanliness (alpha 0.75), the soft-target focal loss
+    with the authors' alpha 0.5 (the baseline's: 0.25), gamma 2, Smooth L1 beta 0.1. Prior,
+    normaliser and inference: the baseline's. See docs/methods/noisy_anchor.md."""
+    balanced_retinanet(model)
+    model.anchor_assigner = L(NoisyAnchorAssigner)(topk=topk, alpha=alpha)
+    model.cls_loss = L(SoftTargetFocalLoss)(alpha=0.5, gamma=2.0)
+    model.box_reg_loss = L(SmoothL1Loss)(beta=0.1)
     return model
 
 

@@ -2,6 +2,7 @@
 
 Importing this module registers the ROI heads and RPN in detectron2's registries.
 """
+from .assigners import AnchorAssigner, AnchorAssignment, NoisyAnchorAssigner
 from .backbone import EfficientNetLite0, build_efficientnet_lite0_fpn
 from .dense_heads import FCOSStyleHead
 from .losses import (
@@ -10,12 +11,14 @@ from .losses import (
     BoxRegressionLoss,
     ClassificationLoss,
     FocalLoss,
+    FocalLossStar,
     GHMCLoss,
     GHMRLoss,
     GIoULoss,
     GuidedLoss,
     SigmoidBCELoss,
     SmoothL1Loss,
+    SoftTargetFocalLoss,
 )
 from .meta_arch.dw_fcos import DWFCOS
 from .meta_arch.fcos import FCOS

@@ -25,7 +25,15 @@ import torch.nn.functional as F
 from fvcore.nn import giou_loss, sigmoid_focal_loss, smooth_l1_loss
 from torch import Tensor, nn
 
-from ..ops import GHMC, GHMR, balanced_l1_loss, carl_loss, guided_loss_ratio
+from ..ops import (
+    GHMC,
+    GHMR,
+    balanced_l1_loss,
+    carl_loss,
+    guided_loss_ratio,
+    sigmoid_focal_loss_star,
+    soft_target_focal_loss,
+)
 from ..utils.checks import check_range
 from ..utils.events import put_tensor_scalars
 
@@ -33,7 +41,7 @@ __all__ = [
     "ClassificationLoss", "ElementwiseClassificationLoss", "FocalLoss", "SigmoidBCELoss",
     "GHMCLoss", "BoxRegressionLoss", "ElementwiseBoxLoss", "SmoothL1Loss", "BalancedL1Loss",
     "GIoULoss", "GHMRLoss",
-    "CARL", "GuidedLoss",
+    "CARL", "GuidedLoss", "FocalLossStar", "SoftTargetFocalLoss",
 ]
 
 Number = Union[float, Tensor]
@@ -264,3 +272,45 @@ class GuidedLoss(nn.Module):
         """``(w_cls r L_cls, r)`` for the already weighted regression loss ``w_reg L_reg``."""
         r = guided_loss_ratio(weighted_reg, loss_cls, 1.0, has_foreground)
         return self.w_cls * r * loss_cls.float(), r
+
+
+# ---------------------------------------------------------------------------------------------
+# more classification losses
+# ---------------------------------------------------------------------------------------------
+class FocalLossStar(ElementwiseClassificationLoss):
+    """FL* (Lin et al. 2017, appendix A): ``alpha_t * softplus(-(gamma x_t + beta)) / gamma``
+    with ``x_t = x (2t - 1)``; defaults: the paper's alpha 0.25 and its (gamma 2, beta 1)
+    setting. See docs/methods/fl_star.md."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, beta: float = 1.0):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, 0.0, 1.0)
+        self.gamma = check_range("gamma", gamma, 0.0, low_open=True)
+        self.beta = check_range("beta", beta)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, beta={self.beta}"
+
+    def elements(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return sigmoid_focal_loss_star(logits, targets, self.alpha, self.gamma, self.beta)
+
+
+class SoftTargetFocalLoss(ElementwiseClassificationLoss):
+    """Focal loss for soft targets ``t`` in [0, 1] with the hard-label modulating factors
+    (Learning from Noisy Anchors, Li et al. 2020)::
+
+        -alpha t (1 - p)^gamma log p - (1 - alpha)(1 - t) p^gamma log(1 - p)
+
+    the sigmoid focal loss for 0/1 targets; defaults: the authors' alpha 0.5, gamma 2. See
+    docs/methods/noisy_anchor.md."""
+
+    def __init__(self, alpha: float = 0.5, gamma: float = 2.0):
+        super().__init__()
+        self.alpha = check_range("alpha", alpha, 0.0, 1.0)
+        self.gamma = check_range("gamma", gamma, 0.0)
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}"
+
+    def elements(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return soft_target_focal_loss(logits, targets, self.alpha, self.gamma)

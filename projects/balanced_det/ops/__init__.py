@@ -8,6 +8,7 @@ from .boxes import aligned_iou, encode_box_deltas
 from .carl import carl_loss, carl_weights
 from .dw import DWImageTerms, DWImageWeights, dw_image_terms, dw_image_weights, dw_losses
 from .eql import eql_loss, eql_weights, tail_classes
+from .focal_star import sigmoid_focal_loss_star
 from .ghm import GHMC, GHMR
 from .hlr import hierarchical_rank, iou_hlr_rank, lexsort, local_rank, nms_cluster_local_rank
 from .isr import (
@@ -17,6 +18,7 @@ from .isr import (
     renormalize_to_loss,
     unique_gt_ids_from_pairs,
 )
+from .noisy_anchor import noisy_anchor_soft_targets, soft_target_focal_loss, topn_candidates
 from .points import centerness_target, fcos_assign, fcos_scale_ranges, grid_points, point_box_ltrb
 from .samplers import instance_balanced_pos_sample, iou_balanced_neg_sample, ohem_topk, random_choice
 from .sampling_free import (

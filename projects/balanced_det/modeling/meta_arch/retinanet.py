@@ -1,5 +1,5 @@
-"""RetinaNet with balanced-learning plug-ins (PISA, GHM, Libra, Sampling-Free), on detectron2's
-``RetinaNet``.
+"""RetinaNet with balanced-learning plug-ins (PISA, GHM, Libra, Sampling-Free, FL*, Noisy
+Anchors), on detectron2's ``RetinaNet``.
 
 :class:`BalancedRetinaNet` subclasses detectron2's ``RetinaNet`` (same head, anchors, matcher,
 box transform, inference) and overrides the narrowest methods: ``losses``, ``label_anchors``
@@ -26,11 +26,18 @@ from detectron2.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 
-from ...ops import aligned_iou, encode_box_deltas, unique_gt_ids_from_pairs, usw_features
+from ...ops import (
+    aligned_iou,
+    encode_box_deltas,
+    renormalize_to_loss,
+    unique_gt_ids_from_pairs,
+    usw_features,
+)
 from ...stats import anchor_generator_key, anchor_stats_counter, matcher_key
 from ...utils.checks import check_choice, check_int, check_plugin, check_range
 from ...utils.events import put_tensor_scalars
 from ...utils.signature import with_base_signature
+from ..assigners import AnchorAssigner
 from ..losses import (
     CARL,
     BoxRegressionLoss,
@@ -81,6 +88,13 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             every anchor: ``loss_cls`` and ``loss_box_reg`` weighted by ``exp(-s)``, plus
             ``loss_usw_cls``, ``loss_usw_reg`` (docs/methods/usw.md); needs element-wise losses
             and does not combine with ``positive_weighting``.
+        anchor_assigner: an :class:`~balanced_det.modeling.assigners.AnchorAssigner`
+            (``NoisyAnchorAssigner``) that replaces ``anchor_matcher`` in training; its soft
+            targets scale the one-hot targets and its weights ``r`` re-weight every anchor's
+            classification row and box loss, each rescaled to keep its sum
+            (``w = r * sum(l) / sum(r l)``, detached). Needs element-wise losses (on deltas);
+            not with ``positive_weighting`` or the Sampling-Free statistics. ``None``:
+            detectron2's matcher.
         prior_init, class_adaptive_thresholds: Sampling-Free's dataset-statistics options
             (this model's anchors and matcher).
     """
@@ -99,6 +113,7 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         carl: Optional[CARL] = None,
         guided_loss: Optional[GuidedLoss] = None,
         sample_weighting: Optional[SampleWeightingNet] = None,
+        anchor_assigner: Optional[AnchorAssigner] = None,
         prior_init: bool = False,
         class_adaptive_thresholds: bool = False,
         **kwargs,
@@ -137,6 +152,21 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             raise ValueError(f"sample_weighting needs element-wise losses (cls_loss="
                              f"{self.cls_loss!r}, box_reg_loss={self.box_reg_loss!r}) on deltas "
                              f"and no positive_weighting ({self.positive_weighting!r})")
+        self.anchor_assigner = check_plugin("anchor_assigner", anchor_assigner, AnchorAssigner)
+        if self.anchor_assigner is not None:
+            if not isinstance(self.cls_loss, ElementwiseClassificationLoss) or (
+                    self.box_reg_loss.on_boxes
+                    or not isinstance(self.box_reg_loss, ElementwiseBoxLoss)):
+                raise ValueError(
+                    f"anchor_assigner re-weights per-anchor losses: it needs an element-wise "
+                    f"classification loss and an element-wise box loss on deltas; got "
+                    f"cls_loss={self.cls_loss!r}, box_reg_loss={self.box_reg_loss!r}")
+            if self.positive_weighting is not None or self.sample_weighting is not None:
+                raise ValueError("anchor_assigner and positive_weighting / sample_weighting "
+                                 "all weight the positives; set one of them")
+            if prior_init or class_adaptive_thresholds:
+                raise ValueError("prior_init and class_adaptive_thresholds count anchors with "
+                                 "anchor_matcher, not with anchor_assigner; turn them off")
         self._init_dense_options(
             loss_normalizer_init=loss_normalizer_init,
             loss_normalizer_momentum=loss_normalizer_momentum, prior_init=prior_init,
@@ -185,22 +215,34 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             predictions, [self.num_classes, 4]
         )
         anchors = self.anchor_generator(features)
+        num_gts = [len(x) for x in gt_instances]
+        if self.anchor_assigner is not None:
+            a = self.anchor_assigner(Boxes.cat(anchors).tensor, gt_instances,
+                                     cat(pred_logits, dim=1), cat(pred_anchor_deltas, dim=1),
+                                     self.box2box_transform, self.num_classes)
+            return self.losses(anchors, pred_logits, a.labels, pred_anchor_deltas, a.gt_boxes,
+                               matched_gt_idxs=a.matched_gt_idxs, num_gts=num_gts,
+                               soft_targets=a.soft_targets, anchor_weights=a.weights)
         gt_labels, gt_boxes, matched = self.label_anchors_with_indices(anchors, gt_instances)
         return self.losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                           matched_gt_idxs=matched, num_gts=[len(x) for x in gt_instances])
+                           matched_gt_idxs=matched, num_gts=num_gts)
 
     def losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
                matched_gt_idxs: Optional[List[Tensor]] = None,
-               num_gts: Optional[Sequence[int]] = None) -> Dict[str, Tensor]:
+               num_gts: Optional[Sequence[int]] = None,
+               soft_targets: Optional[Tensor] = None,
+               anchor_weights: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Same arguments as detectron2's ``RetinaNet.losses`` (plus the matched GT indices and
-        per-image GT counts that ISR-P needs). Returns ``loss_cls``, ``loss_box_reg`` and, with
-        CARL, ``loss_carl``; float32."""
+        per-image GT counts that ISR-P needs, and an anchor assigner's (N, R) soft targets and
+        weights). Returns ``loss_cls``, ``loss_box_reg`` and, with CARL, ``loss_carl``;
+        float32."""
         with torch.autocast(device_type=pred_logits[0].device.type, enabled=False):
             return self._losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                                matched_gt_idxs, num_gts)
+                                matched_gt_idxs, num_gts, soft_targets, anchor_weights)
 
     def _losses(self, anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes,
-                matched_gt_idxs, num_gts) -> Dict[str, Tensor]:
+                matched_gt_idxs, num_gts, soft_targets=None,
+                anchor_weights=None) -> Dict[str, Tensor]:
         C = self.num_classes
         num_images = len(gt_labels)
         gt_labels = torch.stack(list(gt_labels)) if not torch.is_tensor(gt_labels) else gt_labels
@@ -218,6 +260,8 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
 
         targets = F.one_hot(torch.where(valid, gt_labels, torch.full_like(gt_labels, C)),
                             C + 1)[..., :C].to(logits.dtype)
+        if soft_targets is not None:
+            targets = targets * soft_targets.float()[..., None]
         safe_gt = torch.where(pos[..., None], gt_boxes, anchors_t.expand_as(gt_boxes))
         gt_deltas = encode_box_deltas(anchors_t.expand_as(gt_boxes), safe_gt,
                                       self.box2box_transform.weights)  # 0 off the positives
@@ -230,6 +274,10 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         if self.sample_weighting is not None:
             losses = self._usw_losses(logits, targets, anchor_w, deltas, gt_deltas, gt_boxes,
                                       gt_labels, anchors_t, pos, pos_index, normalizer)
+            loss_cls = losses["loss_cls"]
+        elif anchor_weights is not None:
+            losses = self._reweighted_losses(logits, targets, anchor_w, deltas, gt_deltas, pos,
+                                             anchor_weights, normalizer)
             loss_cls = losses["loss_cls"]
         else:
             if self.positive_weighting is None:
@@ -299,6 +347,20 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             feats = usw_features(flat_pos.numel(), fg_inds, ious, probs, ce, box)
         return self.sample_weighting.losses(feats, ce, box, fg_inds, flat_pos, normalizer,
                                             groups=False, cls_normalizer=normalizer)
+
+    def _reweighted_losses(self, logits, targets, anchor_w, deltas, gt_deltas, pos,
+                           anchor_weights, normalizer) -> Dict[str, Tensor]:
+        """An anchor assigner's weights ``r`` on every anchor's classification row and on the
+        positives' box losses, each rescaled to keep its sum: ``w = r sum(l) / sum(r l)``
+        (detached). Both losses / ``normalizer``."""
+        C = logits.shape[-1]
+        elements = self.cls_loss.elements(logits, targets) * anchor_w[..., None]
+        w = renormalize_to_loss(anchor_weights.reshape(-1), elements.reshape(-1, C))
+        loss_cls = self.cls_loss.reduce(elements, w.reshape_as(anchor_w)[..., None], normalizer)
+        box = torch.where(pos, self.box_reg_loss.per_box(deltas, gt_deltas),
+                          torch.zeros((), device=deltas.device))
+        w = renormalize_to_loss(anchor_weights.reshape(-1), box.reshape(-1))
+        return {"loss_cls": loss_cls, "loss_box_reg": (box * w.reshape_as(box)).sum() / normalizer}
 
     # ------------------------------------------------------------------ inference
     def forward_inference(self, images: ImageList, features: List[Tensor],
