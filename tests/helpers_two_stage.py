@@ -103,6 +103,22 @@ def standard_roi_heads(seed=0):
     return StandardROIHeads(**roi_parts(predictor_cls=FastRCNNOutputLayers))
 
 
+def labelled_proposals(gt_classes, weights=None, seed=0, shift=1.0):
+    """One image's sampled proposals: proposal i is GT i's box shifted by N(0, shift) px, with
+    ``gt_classes`` (C = background) and, optionally, per-sample ``cls_weights``."""
+    g = torch.Generator().manual_seed(seed)
+    n = len(gt_classes)
+    xy = torch.rand(n, 2, generator=g) * 80
+    gt = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 20], dim=1)
+    p = Instances(IMAGE)
+    p.proposal_boxes = Boxes(gt + torch.randn(n, 4, generator=g) * shift)
+    p.gt_boxes = Boxes(gt)
+    p.gt_classes = torch.as_tensor(gt_classes, dtype=torch.long)
+    if weights is not None:
+        p.cls_weights = torch.as_tensor(weights, dtype=torch.float32)
+    return p
+
+
 def features(batch=2, seed=1):
     g = torch.Generator().manual_seed(seed)
     h, w = IMAGE

@@ -40,15 +40,7 @@ def _heads(frequencies=FREQ, **kw):
 
 
 def _proposals(gt_classes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = len(gt_classes)
-    xy = torch.rand(n, 2, generator=g) * 80
-    gt = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 20], dim=1)
-    p = Instances(H.IMAGE)
-    p.proposal_boxes = Boxes(gt + torch.randn(n, 4, generator=g))
-    p.gt_boxes = Boxes(gt)
-    p.gt_classes = torch.as_tensor(gt_classes, dtype=torch.long)
-    return p
+    return H.labelled_proposals(gt_classes, seed=seed)
 
 
 def _predictions(n, seed=0, agnostic=False):

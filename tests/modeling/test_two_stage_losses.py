@@ -24,18 +24,7 @@ def _predictor(**kw):
 
 
 def _proposals(gt_classes, weights=None, seed=0):
-    """One image; proposal i is GT i's box shifted a little; gt_classes per proposal."""
-    g = torch.Generator().manual_seed(seed)
-    n = len(gt_classes)
-    xy = torch.rand(n, 2, generator=g) * 80
-    gt = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 20], dim=1)
-    p = Instances(H.IMAGE)
-    p.proposal_boxes = Boxes(gt + torch.randn(n, 4, generator=g))
-    p.gt_boxes = Boxes(gt)
-    p.gt_classes = torch.as_tensor(gt_classes, dtype=torch.long)
-    if weights is not None:
-        p.cls_weights = torch.as_tensor(weights, dtype=torch.float32)
-    return p
+    return H.labelled_proposals(gt_classes, weights, seed)
 
 
 def _predictions(n, seed=0, requires_grad=True):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 
 from balanced_det.modeling.usw import SampleWeightingNet
@@ -35,15 +35,7 @@ def _predictor(net):
 
 
 def _proposals(gt_classes, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    n = len(gt_classes)
-    xy = torch.rand(n, 2, generator=g) * 80
-    gt = torch.cat([xy, xy + 20 + torch.rand(n, 2, generator=g) * 20], dim=1)
-    p = Instances(H.IMAGE)
-    p.proposal_boxes = Boxes(gt + torch.randn(n, 4, generator=g) * 3)
-    p.gt_boxes = Boxes(gt)
-    p.gt_classes = torch.as_tensor(gt_classes, dtype=torch.long)
-    return p
+    return H.labelled_proposals(gt_classes, seed=seed, shift=3.0)
 
 
 def _predictions(n, seed=0):
@@ -108,9 +100,10 @@ def _reference(net, scores, deltas, proposal_boxes, gt_boxes, labels, pooled=Tru
             box[i] = [_smooth_l1(d[k] - t[k]) for k in range(4)]
             pb = _decode([float(x) for x in d.detach()], [float(x) for x in proposal_boxes[i]])
             iou = _iou(pb, [float(x) for x in gt_boxes[i]])
-            feats.append([iou, float(prob[g]), float(ce[i])] + [float(x) for x in box[i]])
+            feats.append([iou, float(prob[g].detach()), float(ce[i].detach())]
+                         + [float(torch.as_tensor(x).detach()) for x in box[i]])
         else:
-            feats.append([0.0, 0.0, float(ce[i]), 0.0, 0.0, 0.0, 0.0])
+            feats.append([0.0, 0.0, float(ce[i].detach()), 0.0, 0.0, 0.0, 0.0])
     s_cls, s_reg = [], []
     for i in range(r):
         f = torch.tensor(feats[i])
