@@ -112,6 +112,19 @@ def test_checkpoint_and_resume_give_the_same_state_and_updates():
     assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt2.param_groups]
 
 
+def test_added_groups_go_to_their_part():
+    opt = _build(_Model())
+    extra, more = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2))
+    opt.add_param_group({"params": [extra], "part": "sample_weighting"})
+    opt.add_param_group({"params": [more], "lr": 0.5})
+    assert opt.optimizers["sample_weighting"].param_groups[-1]["params"] == [extra]
+    assert opt.optimizers["sample_weighting"].param_groups[-1]["lr"] == 1e-3  # Adam's default
+    assert opt.optimizers["default"].param_groups[-1]["params"] == [more]
+    assert sum(len(g["params"]) for g in opt.param_groups) == 6 + 2  # the model's 6 + 2 added
+    with pytest.raises(ValueError, match="part='head' is not valid"):
+        opt.add_param_group({"params": [nn.Parameter(torch.zeros(1))], "part": "head"})
+
+
 def test_bad_specs_fail_with_the_names():
     model = _Model()
     with pytest.raises(ValueError, match=r"parts\['sample_weighting'\]='nothing' is not valid"):

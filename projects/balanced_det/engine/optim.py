@@ -111,7 +111,14 @@ class CombinedOptimizer(torch.optim.Optimizer):
         return f"{type(self).__name__}({parts})"
 
     def add_param_group(self, param_group: Dict[str, Any]) -> None:
-        raise NotImplementedError("CombinedOptimizer: add the group to one of .optimizers")
+        """Add a group to the sub-optimizer named by its ``"part"`` key (default: the
+        ``"default"`` part's)."""
+        group = dict(param_group)
+        part = group.pop("part", DEFAULT_PART)
+        if part not in self.optimizers:
+            raise ValueError(f"part={part!r} is not valid; expected one of "
+                             f"{sorted(self.optimizers)!r}")
+        self.optimizers[part].add_param_group(group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         for o in self.optimizers.values():
