@@ -10,7 +10,7 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from .hlr import lexsort, hierarchical_rank, iou_hlr_rank, nms_cluster_local_rank
+from .hlr import hierarchical_rank, iou_hlr_rank, nms_cluster_local_rank
 
 __all__ = [
     "isr_weights",
@@ -164,13 +164,19 @@ def isr_n_select(
                 torch.zeros(0, dtype=torch.float32, device=device))
     s = neg_scores_fg.detach().float().amax(dim=1)
     valid = s > score_threshold
-    # Invalid negatives form their own group: they never cluster with (or suppress) valid ones.
-    group = (~valid).long()
-    lr, _ = nms_cluster_local_rank(neg_boxes_decoded.detach().float(), s, group, iou_threshold)
-    r = hierarchical_rank(lr, s, group)  # Score-HLR rank among the valid ones
+    # Only the valid negatives are clustered and ranked (the invalid ones end as random
+    # fillers): NMS and its IoU matrix run over n_valid boxes, not N.
+    valid_idx = torch.nonzero(valid)[:, 0]
+    lr, _ = nms_cluster_local_rank(neg_boxes_decoded.detach().float()[valid_idx], s[valid_idx],
+                                   None, iou_threshold)
+    r = hierarchical_rank(lr, s[valid_idx])  # Score-HLR rank: a permutation of 0..n_valid-1
     rand = torch.rand(n, generator=generator, device=device)
     # valid ones first by rank, then the invalid ones in random order
-    order = lexsort([(group, False), (torch.where(valid, r.float(), rand), False)], n, device)
+    by_rank = torch.empty_like(valid_idx)
+    by_rank[r] = valid_idx
+    invalid_idx = torch.nonzero(~valid)[:, 0]
+    fillers = invalid_idx[torch.sort(rand[invalid_idx], stable=True).indices]
+    order = torch.cat([by_rank, fillers])
     sel = order[:k]
 
     n_valid = valid.sum()
