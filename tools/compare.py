@@ -17,6 +17,12 @@ interrupted comparison resumes where it stopped. Outputs: ``<out>/results.md``,
 ``<out>/results.csv``, ``<out>/runs.json`` (with each run's AP per evaluation) and, with
 ``--convergence``, ``<out>/convergence.md``.
 
+``--records DIR`` keeps a copy of each finished run's small files (:data:`RECORD_FILES`: the
+run key, final and per-evaluation AP, metrics; no checkpoints) in ``DIR/<name>/seed<k>/``, a
+folder meant for version control, and restores a recorded run instead of training it again:
+a long comparison can then span machines and sessions (the README's runs are in
+``docs/results/runs/``).
+
 Reading of ΔAP (:func:`paired_delta`): the mean over seeds of (method AP − baseline AP) of
 the same seed, with a Student-t 95 % interval; "better" / "worse" when the interval lies above
 / below 0, "no difference shown" when it contains 0, and no reading under 3 paired seeds.
@@ -80,6 +86,9 @@ METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 GROUP_METRICS = ("APr", "APc", "APf")
 COLUMNS = METRICS + GROUP_METRICS + ("mask_AP", "s_per_iter", "peak_mem_mb")
 EVAL_HISTORY = "eval_history.json"  # written by balanced_det.engine.do_train
+RUN_KEY_FILE = "compare_run.json"
+# what a table, a curve and the loss figures need of a finished run (not its checkpoints)
+RECORD_FILES = (RUN_KEY_FILE, "eval_results.json", EVAL_HISTORY, "metrics.json")
 MIN_SEEDS = 3  # fewest paired seeds for a reading of ΔAP or a convergence point
 MIN_GAIN = 0.5  # AP: a schedule has converged when its last evaluation added less
 # Two-sided 95 % quantiles of Student's t, t_{0.975}(df), df = 1..30.
@@ -123,12 +132,23 @@ def is_done(run_dir: str, key: dict) -> bool:
     ``seed<k>.previous-<time>``) or some of its fields (``{"config": ..., "seed": ...}``: that
     run with any schedule)."""
     try:
-        with open(os.path.join(run_dir, "compare_run.json")) as f:
+        with open(os.path.join(run_dir, RUN_KEY_FILE)) as f:
             recorded = json.load(f)
     except (OSError, ValueError):
         return False
     same = isinstance(recorded, dict) and all(recorded.get(k) == v for k, v in key.items())
     return same and os.path.exists(os.path.join(run_dir, "eval_results.json"))
+
+
+def copy_record(src: str, dst: str) -> None:
+    """Copy the :data:`RECORD_FILES` a run folder has from ``src`` to ``dst``, the run key
+    last (a folder with the key is complete)."""
+    import shutil
+
+    os.makedirs(dst, exist_ok=True)
+    for name in RECORD_FILES[1:] + RECORD_FILES[:1]:
+        if os.path.exists(os.path.join(src, name)):
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
 
 
 def last_error_line(log_path: str) -> str:
@@ -335,6 +355,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                         help="also print and write convergence.md: per config, where the mean "
                              "AP over seeds stops improving (gain < 0.5 AP)")
     parser.add_argument("--output", help="default: output/compare/<suite>")
+    parser.add_argument("--records", help="keep finished runs' small files here and reuse "
+                        "the runs recorded here (a folder under version control)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at a time (each with cores/jobs threads); on a 2-core CPU "
                              "2 single-thread runs finish sooner than 2 consecutive 2-thread runs")
@@ -372,22 +394,32 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     todo = []
     for name, cfg, desc, seed in runs:
         run_dir = os.path.join(out, name, f"seed{seed}")
-        if not is_done(run_dir, run_key(cfg, seed, args.max_iter, extra)):
-            todo.append((cfg, run_dir, seed))
+        key = run_key(cfg, seed, args.max_iter, extra)
+        record = os.path.join(args.records, name, f"seed{seed}") if args.records else None
+        if record and not is_done(run_dir, key) and is_done(record, key):
+            if os.path.exists(run_dir):
+                os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            copy_record(record, run_dir)  # recorded elsewhere: not trained again
+        if not is_done(run_dir, key):
+            todo.append((cfg, run_dir, seed, record))
+        elif record and not is_done(record, key):
+            copy_record(run_dir, record)
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs)) if args.jobs > 1 else None
 
     failed: Dict[str, str] = {}
 
     def work(item):
-        cfg, run_dir, seed = item
+        cfg, run_dir, seed, record = item
         if os.path.exists(run_dir):  # an unfinished or different earlier run: keep it, start clean
             os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
         os.makedirs(run_dir)
         try:
             run_one(cfg, run_dir, seed, args.max_iter, extra,
                     os.path.join(run_dir, "stdout.log"), threads)
-            with open(os.path.join(run_dir, "compare_run.json"), "w") as f:
+            with open(os.path.join(run_dir, RUN_KEY_FILE), "w") as f:
                 json.dump(run_key(cfg, seed, args.max_iter, extra), f)
+            if record:
+                copy_record(run_dir, record)
         except RuntimeError as e:  # e.g. a diverged run: record it, go on with the others
             failed[run_dir] = last_error_line(os.path.join(run_dir, "stdout.log")) or str(e)
 

@@ -187,3 +187,26 @@ def test_unknown_names_are_refused():
         C.main(["--suite", "trees", "--only", "nope"])
     with pytest.raises(SystemExit, match="configs not found"):
         C.main(["--configs", "configs/Synthetic/missing.py"])
+
+
+def test_records_are_kept_and_reused_in_another_output(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(C, "run_one", _fake_run_one(calls))
+    records = tmp_path / "records"
+    argv = ["--configs", BASE, GHM, "--seeds", "0", "1", "2", "--max-iter", "7"]
+    md = C.main(argv + ["--output", str(tmp_path / "a"), "--records", str(records)])
+    assert len(calls) == 6
+    rec = records / "ghm_retinanet_effnet_lite0_FPN" / "seed2"
+    assert sorted(os.listdir(rec)) == sorted(C.RECORD_FILES)  # no log, no checkpoint
+    # another machine: empty output folder, the records only -> nothing trains, same table
+    calls.clear()
+    assert C.main(argv + ["--output", str(tmp_path / "b"), "--records", str(records)]) == md
+    assert calls == []
+    # a record of another schedule is not reused
+    assert len(C.main(argv[:-1] + ["9", "--output", str(tmp_path / "c"), "--records",
+                                   str(records)])) and len(calls) == 6
+    # runs finished before --records was given are recorded when it is
+    calls.clear()
+    C.main(argv + ["--output", str(tmp_path / "a"), "--records", str(tmp_path / "late")])
+    assert calls == [] and (tmp_path / "late" / "retinanet_effnet_lite0_FPN" / "seed0" /
+                            C.RUN_KEY_FILE).exists()
