@@ -208,6 +208,41 @@ def test_weighting_samplers_are_refused():
                          **H.roi_parts(predictor_cls=EQLFastRCNNOutputLayers, lambda_=LAM))
 
 
+def test_score_hlr_is_refused_and_ohem_ranks_by_the_equalization_loss():
+    from balanced_det.modeling.samplers import AllSampler, OHEMSampler, ScoreHLRSampler
+    from balanced_det.ops import eql_roi_losses
+
+    with pytest.raises(ValueError, match="per-sample weights"):
+        BalancedROIHeads(sampler=ScoreHLRSampler(),
+                         **H.roi_parts(predictor_cls=EQLFastRCNNOutputLayers, lambda_=LAM))
+    torch.manual_seed(0)
+    heads = BalancedROIHeads(sampler=OHEMSampler(), **dict(H.roi_parts(
+        predictor_cls=EQLFastRCNNOutputLayers, lambda_=LAM), batch_size_per_image=8))
+    heads.box_predictor.apply_class_frequencies(FREQ)
+    proposals, targets = H.crafted_batch()
+    recorded = {}
+    heads.sample_recorder = lambda props, preds: recorded.update(props=props)
+    heads.train()
+    with EventStorage(0):
+        _, losses = heads(H.image_list(), H.features(), proposals, targets)
+        assert all(torch.isfinite(v) for v in losses.values())
+        # every labelled candidate and its equalization loss under the same weights
+        heads.sampler = AllSampler()
+        every = heads.label_and_sample_proposals(proposals, targets, features=H.features())
+    with torch.no_grad():
+        scores, _ = heads._predict_no_grad(H.features(), [e.proposal_boxes for e in every])
+    scores = scores[:len(every[0])]
+    loss = eql_roi_losses(scores, every[0].gt_classes, heads.box_predictor.tail_classes())
+    kept = recorded["props"][0]
+    num_neg = int((kept.gt_classes == C).sum())
+    assert num_neg > 0
+    neg = every[0].gt_classes == C
+    hardest = loss.masked_fill(~neg, -1.0).topk(num_neg).indices
+    want = {tuple(b) for b in every[0].proposal_boxes.tensor[hardest].tolist()}
+    got = {tuple(b) for b in kept.proposal_boxes.tensor[kept.gt_classes == C].tolist()}
+    assert got == want
+
+
 def test_dataset_statistics_count_images_per_class():
     dicts = DatasetCatalog.get("synthetic_tiny_train")
     annotated = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d["annotations"])]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from balanced_det.ops.eql import eql_loss, eql_weights, tail_classes
+from balanced_det.ops.eql import eql_loss, eql_roi_losses, eql_weights, tail_classes
 
 
 def reference_weight(g, j, frequencies, lam):
@@ -119,3 +119,14 @@ def test_bad_lambda_names_value_and_range(bad):
     with pytest.raises(ValueError,
                        match=r"lambda_=.* is not valid; expected a number in \(0.0, 1.0\)"):
         tail_classes(torch.tensor(FREQ), bad)
+
+
+def test_per_roi_losses_sum_to_the_loss_and_match_the_formula():
+    logits, gt = _batch()
+    tail = tail_classes(torch.tensor(FREQ), LAM)
+    per_roi = eql_roi_losses(logits, gt, tail)
+    assert per_roi.shape == (9,) and per_roi.dtype == torch.float32
+    for i in range(9):
+        want = reference_loss(logits[i:i + 1], gt[i:i + 1], FREQ, LAM)  # R = 1: l_i itself
+        assert float(per_roi[i]) == pytest.approx(float(want), rel=1e-5), i
+    assert torch.allclose(per_roi.sum() / 9, eql_loss(logits, gt, tail))

@@ -26,7 +26,7 @@ from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ..ops import aligned_iou, eql_loss, softmax_prior_bias, tail_classes, usw_features
+from ..ops import aligned_iou, eql_loss, eql_roi_losses, softmax_prior_bias, tail_classes, usw_features
 from ..stats import ClassFrequencyPart
 from ..utils.checks import check_choice, check_int, check_plugin, check_range
 from ..utils.events import put_tensor_scalars
@@ -154,6 +154,13 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             deltas = deltas.view(-1, self.num_classes, box_dim)[
                 torch.arange(classes.numel(), device=classes.device), classes]
         return self.box2box_transform.apply_deltas(deltas, boxes)
+
+    def roi_classification_losses(self, scores: torch.Tensor,
+                                  gt_classes: torch.Tensor) -> torch.Tensor:
+        """(R,) float32 per-ROI classification loss of this predictor (softmax cross
+        entropy): what OHEM ranks."""
+        with float32_math(scores):
+            return F.cross_entropy(scores.float(), gt_classes, reduction="none")
 
     # ---- training ---------------------------------------------------------------------------
     def _fg_regression(self, proposal_boxes, gt_boxes, pred_deltas, gt_classes):
@@ -366,6 +373,10 @@ class EQLFastRCNNOutputLayers(BalancedFastRCNNOutputLayers, ClassFrequencyPart):
                 "statistics) or call apply_class_frequencies first")
         return eql_loss(scores, gt_classes, self.tail_classes())
 
+    def roi_classification_losses(self, scores, gt_classes):
+        """(R,) per-ROI equalization loss ``sum_j w_ij BCE(x_ij, y_ij)`` (what OHEM ranks)."""
+        return eql_roi_losses(scores, gt_classes, self.tail_classes())
+
     def _log_classification_stats(self, scores, gt_classes):
         # A zero logit stands for background: predicted background iff every sigmoid < 0.5.
         super()._log_classification_stats(F.pad(scores, (0, 1)), gt_classes)
@@ -510,7 +521,8 @@ class BalancedROIHeads(StandardROIHeads):
 
     def _probe(self, features) -> BoxHeadProbe:
         return BoxHeadProbe(predict=lambda boxes: self._predict_no_grad(features, boxes),
-                            decode=self.box_predictor.decode_class_boxes)
+                            decode=self.box_predictor.decode_class_boxes,
+                            roi_losses=self.box_predictor.roi_classification_losses)
 
     @torch.no_grad()
     def label_and_sample_proposals(self, proposals: List[Instances], targets: List[Instances],

@@ -53,13 +53,18 @@ Picks = List[Tuple[Tensor, Optional[Tensor]]]
 class BoxHeadProbe:
     """A no-grad forward of the host's box head, for samplers that score candidates.
 
-    ``predict(boxes)``: per-image candidate boxes -> ``(scores (R, C + 1), deltas)`` float32,
-    all images concatenated; ``decode(deltas, boxes, classes)``: boxes (R, 4) from the deltas
-    of class ``classes[i]`` (class-specific or class-agnostic regression).
+    ``predict(boxes)``: per-image candidate boxes -> ``(scores, deltas)`` float32, all
+    images concatenated (scores: the predictor's logits, (R, C + 1) for softmax, (R, C) for
+    a sigmoid classifier); ``decode(deltas, boxes, classes)``: boxes (R, 4) from the deltas
+    of class ``classes[i]`` (class-specific or class-agnostic regression);
+    ``roi_losses(scores, labels)``: (R,) the predictor's own per-ROI classification loss
+    (labels in 0..C, C = background). Default: softmax cross entropy.
     """
 
     predict: Callable[[List[Boxes]], Tuple[Tensor, Tensor]]
     decode: Callable[[Tensor, Tensor, Tensor], Tensor]
+    roi_losses: Callable[[Tensor, Tensor], Tensor] = lambda scores, labels: F.cross_entropy(
+        scores.float(), labels, reduction="none")
 
 
 @dataclasses.dataclass
@@ -145,7 +150,8 @@ class AllSampler(Sampler):
 
 class OHEMSampler(Sampler):
     """Online hard example mining (Shrivastava et al. 2016): the highest classification
-    losses of one no-grad box-head forward over all labelled candidates, ``k_pos`` positives
+    losses (the predictor's own, ``BoxHeadProbe.roi_losses``) of one no-grad box-head
+    forward over all labelled candidates, ``k_pos`` positives
     and the rest negatives; optional NMS with the loss as score (``nms_thresh``, the paper's
     0.7; default None, as mmdet). See docs/methods/ohem.md."""
 
@@ -164,8 +170,7 @@ class OHEMSampler(Sampler):
         boxes = [b[i] for b, i in zip(c.boxes, cands)]
         scores, _ = c.probe.predict(boxes)
         cand_labels = cat([lab[i] for lab, i in zip(c.labels, cands)], dim=0)
-        with float32_math(scores):
-            losses = F.cross_entropy(scores, cand_labels, reduction="none")
+        losses = c.probe.roi_losses(scores, cand_labels)
         k_pos = c.num_pos_expected
         sizes = [len(i) for i in cands]
         picks = []

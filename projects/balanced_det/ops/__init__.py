@@ -7,7 +7,7 @@ from .box_refine import refine_ltrb
 from .boxes import aligned_iou, encode_box_deltas
 from .carl import carl_loss, carl_weights
 from .dw import DWImageTerms, DWImageWeights, dw_image_terms, dw_image_weights, dw_losses
-from .eql import eql_loss, eql_weights, tail_classes
+from .eql import eql_loss, eql_roi_losses, eql_weights, tail_classes
 from .focal_star import sigmoid_focal_loss_star
 from .ghm import GHMC, GHMR
 from .hlr import hierarchical_rank, iou_hlr_rank, lexsort, local_rank, nms_cluster_local_rank

@@ -23,7 +23,7 @@ from torch import Tensor
 from ..utils.checks import check_range
 from ..utils.tensor_math import float32_math
 
-__all__ = ["tail_classes", "eql_weights", "eql_loss"]
+__all__ = ["tail_classes", "eql_weights", "eql_roi_losses", "eql_loss"]
 
 
 def tail_classes(frequencies: Tensor, lambda_: float) -> Tensor:
@@ -54,6 +54,20 @@ def eql_weights(gt_classes: Tensor, tail: Tensor) -> Tensor:
     return (~excluded).float()
 
 
+def eql_roi_losses(logits: Tensor, gt_classes: Tensor, tail: Tensor) -> Tensor:
+    """Per-ROI equalization loss ``l_i = sum_j w_ij BCE(x_ij, y_ij)`` (what OHEM ranks).
+
+    Args: as :func:`eql_loss`. Returns: (R,) float32.
+    """
+    with float32_math(logits):
+        x = logits.float()
+        num_classes = x.shape[1]
+        onehot = F.one_hot(gt_classes.clamp(0, num_classes), num_classes + 1)[:, :num_classes]
+        weights = eql_weights(gt_classes, tail)
+        bce = F.binary_cross_entropy_with_logits(x, onehot.to(x.dtype), reduction="none")
+        return (weights * bce).sum(dim=1)
+
+
 def eql_loss(logits: Tensor, gt_classes: Tensor, tail: Tensor) -> Tensor:
     """Sigmoid equalization loss ``sum_ij w_ij BCE(x_ij, y_ij) / R``.
 
@@ -65,12 +79,6 @@ def eql_loss(logits: Tensor, gt_classes: Tensor, tail: Tensor) -> Tensor:
         scalar float32; ``R = 0`` gives 0 with a graph to ``logits``.
     """
     with float32_math(logits):
-        x = logits.float()
-        num_rois, num_classes = x.shape
-        if num_rois == 0:
-            return x.sum() * 0.0
-        onehot = F.one_hot(gt_classes.clamp(0, num_classes), num_classes + 1)[:, :num_classes]
-        targets = onehot.to(x.dtype)
-        weights = eql_weights(gt_classes, tail)
-        bce = F.binary_cross_entropy_with_logits(x, targets, reduction="none")
-        return (weights * bce).sum() / num_rois
+        if logits.shape[0] == 0:
+            return logits.float().sum() * 0.0
+        return eql_roi_losses(logits, gt_classes, tail).sum() / logits.shape[0]
