@@ -31,6 +31,8 @@ Rows:
    optimizer state and inputs excluded); minimum over 3 steps (1 with --quick).
 5. GHM-C + GHM-R (forward + backward, one call each over all levels) on the tensors of a
    RetinaNet step, against a full GHM RetinaNet training step. Target: <= 5 %.
+6. FL* RetinaNet and noisy-anchor RetinaNet training steps against the RetinaNet step (same
+   input and weights): the method's whole cost. Target: <= 1.10x.
 
     python benchmarks/bench_dense.py                   # full workload, CPU (minutes)
     python benchmarks/bench_dense.py --quick           # 320 x 544 inputs, 1 repeat (a check)
@@ -319,7 +321,14 @@ CONFIGS = {
     "fcos": "configs/COCO-Detection/fcos_R_50_FPN_1x.py",
     "dw_fcos": "configs/COCO-Detection/dw_fcos_R_50_FPN_1x.py",
     "ghm_retinanet": "configs/COCO-Detection/ghm_retinanet_R_50_FPN_1x.py",
+    "retinanet": "configs/COCO-Detection/retinanet_R_50_FPN_1x.py",
+    "fl_star_retinanet": "configs/COCO-Detection/fl_star_retinanet_R_50_FPN_1x.py",
+    "noisy_anchor_retinanet": "configs/COCO-Detection/noisy_anchor_retinanet_R_50_FPN_1x.py",
 }
+# RetinaNet-family methods timed as whole training steps against the RetinaNet step
+RETINANET_METHODS = {"fl_star_retinanet": "FL* RetinaNet (classification loss)",
+                     "noisy_anchor_retinanet": "Noisy-anchor RetinaNet (assignment, soft-target "
+                                               "focal loss, re-weighting)"}
 
 
 def build(name, device):
@@ -465,6 +474,23 @@ def bench_ghm(args, device) -> List[Dict]:
                  target=0.05)]
 
 
+def bench_retinanet_methods(args, device) -> List[Dict]:
+    """Each method's RetinaNet step against the RetinaNet step on the same input, same
+    backbone and head weights: the method's cost as (ratio - 1) of the host's step."""
+    inputs = make_inputs(args, device)
+    base, opt_b = build("retinanet", device)
+    t_base = timeit(step_fn(base, opt_b, inputs, args, device), device, args.repeats)
+    rows = []
+    for name, desc in RETINANET_METHODS.items():
+        model, opt = build(name, device)
+        model.load_state_dict(base.state_dict(), strict=False)
+        t = timeit(step_fn(model, opt, inputs, args, device), device, args.repeats)
+        rows.append(dict(name=f"{desc} training step vs RetinaNet step, time", ours=t,
+                         ref=t_base, ref_name="RetinaNet step", kind="ratio", target=1.10))
+        del model, opt
+    return rows
+
+
 # ----------------------------------------------------------------------------- report
 def fmt_value(v, kind):
     if kind == "mem_ratio":
@@ -498,7 +524,8 @@ def main():
     p.add_argument("--num-gt", type=int, default=15)
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--only", choices=["dw", "steps", "ghm"], action="append")
+    p.add_argument("--only", choices=["dw", "steps", "ghm", "retinanet_methods"],
+                   action="append")
     p.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
@@ -513,13 +540,15 @@ def main():
           f" R50-FPN P3-P7, device {device} ({machine(device)}), amp={args.amp}, "
           f"median of {args.repeats} after 1 warm-up; {load_at_start()}\n", flush=True)
     rows = []
-    only = set(args.only or ["dw", "steps", "ghm"])
+    only = set(args.only or ["dw", "steps", "ghm", "retinanet_methods"])
     if "dw" in only:
         rows += bench_dw(args, device)
     if "steps" in only:
         rows += bench_steps(args, device)
     if "ghm" in only:
         rows += bench_ghm(args, device)
+    if "retinanet_methods" in only:
+        rows += bench_retinanet_methods(args, device)
     print("| benchmark | ours | reference | result | target | met |")
     print("|---|---|---|---|---|---|")
     for r in rows:

@@ -77,6 +77,7 @@ SAMPLER_CONFIGS = {
     "none": "configs/COCO-Detection/sampling_free_faster_rcnn_R_50_FPN_1x.py",
 }
 USW_CONFIG = "configs/COCO-Detection/usw_faster_rcnn_R_50_FPN_1x.py"
+EQL_CONFIG = "configs/LVISv1-InstanceSegmentation/eql_mask_rcnn_R_50_FPN_1x.py"
 
 
 # ----------------------------------------------------------------------------- workload
@@ -445,6 +446,20 @@ def bench(args, device) -> List[Dict]:
         add(f"{name} predictor losses, fwd + bwd", ms, None,
             note=f"{n_rois} sampled ROIs" + (", incl. the weighting net" if name == "USW"
                                             else ", for reference"))
+    # EQL: its sigmoid classifier's C logits of the same ROIs (no background column), class
+    # frequencies log-uniform in [1e-4, 1] (about a third of the classes below lambda = 0.0011)
+    node = load_config(os.path.join(ROOT, EQL_CONFIG)).model.roi_heads.box_predictor
+    node.num_classes = args.num_classes
+    torch.manual_seed(0)
+    eql = instantiate(node).to(device).train()
+    eql.apply_class_frequencies(
+        (10 ** (-4 * torch.rand(args.num_classes, generator=g))).tolist())
+    p3 = (preds[0][:, :args.num_classes].clone().requires_grad_(), p2[1])
+    ms = timeit_ms(lambda: sum(eql.losses(p3, sampled).values()).backward(), device,
+                   args.repeats)
+    add("EQL predictor losses, fwd + bwd", ms, None,
+        note=f"{n_rois} sampled ROIs, {int(eql.tail_classes().sum())} of {args.num_classes} "
+             "classes in the tail")
     storage.__exit__(None, None, None)
     return rows
 
