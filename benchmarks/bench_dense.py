@@ -57,6 +57,7 @@ import torch
 from common import ROOT, load_at_start, machine, sync, timeit  # first: balanced_det from projects/
 import balanced_det  # noqa: E402,F401
 from balanced_det.config import load_config  # noqa: E402
+from balanced_det.data.synthetic import coco_like_gt_boxes  # noqa: E402
 from balanced_det.ops import GHMC, GHMR  # noqa: E402
 from balanced_det.ops.dw import dw_image_weights  # noqa: E402
 
@@ -87,18 +88,7 @@ def padded(size, div=32):
 
 
 def make_gts(size, num_gt, num_classes, seed):
-    g = torch.Generator().manual_seed(seed)
-    h, w = size
-    # COCO-like sizes: sqrt(area) log-uniform in [16, min(512, 0.9 * short side)] pixels,
-    # aspect ratio log-uniform in [1/2, 2]
-    hi = min(512.0, 0.9 * min(h, w))
-    side = 16 * (hi / 16) ** torch.rand(num_gt, generator=g)
-    ratio = 2 ** (2 * torch.rand(num_gt, generator=g) - 1)
-    wh = torch.stack([side * ratio.sqrt(), side / ratio.sqrt()], 1)
-    wh = torch.minimum(wh, torch.tensor([w - 1.0, h - 1.0]))
-    xy = torch.rand(num_gt, 2, generator=g) * (torch.tensor([w, h]) - wh)
-    boxes = torch.cat([xy, xy + wh], 1)
-    return boxes, torch.randint(0, num_classes, (num_gt,), generator=g)
+    return coco_like_gt_boxes(size, num_gt, num_classes, torch.Generator().manual_seed(seed))
 
 
 def make_inputs(args, device, num_images=2):

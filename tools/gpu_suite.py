@@ -52,6 +52,7 @@ from tqdm import tqdm  # noqa: E402
 
 import balanced_det  # noqa: E402,F401
 from balanced_det.config import load_config  # noqa: E402
+from balanced_det.data.synthetic import coco_like_gt_boxes  # noqa: E402
 from balanced_det.engine import NonFiniteLossError, Trainer  # noqa: E402
 from balanced_det.engine.train_loop import cfg_get  # noqa: E402
 from balanced_det.stats import dataset_stats_parts  # noqa: E402
@@ -84,20 +85,14 @@ def baseline_of(config: str, configs: List[str]) -> Optional[str]:
 
 
 def synthetic_batch(size, num_images: int, num_gt: int, masks: bool, seed: int) -> List[dict]:
-    """COCO-size random images with random boxes (sqrt(area) log-uniform in 16-512 px) and,
-    with ``masks``, the boxes as polygon masks."""
+    """COCO-size random images with random GT boxes (:func:`coco_like_gt_boxes`) and, with
+    ``masks``, the boxes as polygon masks."""
     g = torch.Generator().manual_seed(seed)
     h, w = size
     batch = []
     for _ in range(num_images):
-        hi = min(512.0, 0.9 * min(h, w))
-        side = 16 * (hi / 16) ** torch.rand(num_gt, generator=g)
-        wh = torch.stack([side, side * (0.5 + torch.rand(num_gt, generator=g))], 1)
-        wh = torch.minimum(wh, torch.tensor([w - 2.0, h - 2.0]))
-        xy = torch.rand(num_gt, 2, generator=g) * (torch.tensor([w, h]) - wh - 1)
-        boxes = torch.cat([xy, xy + wh], 1)
-        inst = Instances((h, w), gt_boxes=Boxes(boxes),
-                         gt_classes=torch.randint(NUM_CLASSES, (num_gt,), generator=g))
+        boxes, classes = coco_like_gt_boxes(size, num_gt, NUM_CLASSES, g)
+        inst = Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes)
         if masks:
             inst.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes])
         batch.append({"image": torch.rand(3, h, w, generator=g) * 255, "instances": inst,

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from .cache import atomic_write_json, build_dir_atomically, cache_dir
 
 __all__ = ["SHAPES", "SyntheticSpec", "LONG_TAIL_FRACTIONS", "generate_synthetic",
+           "coco_like_gt_boxes",
            "shape_polygon"]
 
 logger = logging.getLogger(__name__)
@@ -226,3 +227,21 @@ def generate_synthetic(spec: SyntheticSpec, split: str) -> Path:
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     final = cache_dir("datasets") / f"synthetic-{spec.digest()}-{split}"
     return build_dir_atomically(final, lambda tmp: _generate_into(spec, split, split_seed, tmp))
+
+
+def coco_like_gt_boxes(size: Tuple[int, int], num_gt: int, num_classes: int,
+                       generator: "torch.Generator"):
+    """Random GT boxes of COCO-like sizes for benchmarks: sqrt(area) log-uniform in
+    [16, min(512, 0.9 * short side)] px, aspect ratio log-uniform in [1/2, 2], inside the
+    ``(h, w)`` image. Returns (boxes (num_gt, 4) XYXY float32, classes (num_gt,) int64)."""
+    import torch
+
+    h, w = size
+    hi = min(512.0, 0.9 * min(h, w))
+    side = 16 * (hi / 16) ** torch.rand(num_gt, generator=generator)
+    ratio = 2 ** (2 * torch.rand(num_gt, generator=generator) - 1)
+    wh = torch.stack([side * ratio.sqrt(), side / ratio.sqrt()], 1)
+    wh = torch.minimum(wh, torch.tensor([w - 1.0, h - 1.0]))
+    xy = torch.rand(num_gt, 2, generator=generator) * (torch.tensor([w, h]) - wh)
+    boxes = torch.cat([xy, xy + wh], 1)
+    return boxes, torch.randint(0, num_classes, (num_gt,), generator=generator)
