@@ -315,3 +315,48 @@ def test_script_entry_point(tmp_path):
                          env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 1
     assert "no finished comparison runs of suite 'synthetic'" in res.stderr
+
+
+# ---- diagnose --------------------------------------------------------------------------------
+def test_detection_matching_hand_values():
+    from tools.analysis import diagnose
+
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    # two boxes on GT 0 (IoU 1 and 0.81), none on GT 1, one false positive
+    dets = torch.tensor([[0.0, 0, 10, 10], [0, 0, 9, 9], [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.6, 0.3])
+    m = diagnose.match_detections(dets, scores, gt)
+    assert m["gt_num_matches"].tolist() == [2, 0]
+    np.testing.assert_allclose(m["gt_max_iou"], [1.0, 0.0])
+    np.testing.assert_allclose(m["det_max_iou"], [1.0, 0.81, 0.0])
+    assert m["gt_best_score"][0] == pytest.approx(0.9) and np.isnan(m["gt_best_score"][1])
+    m["scores"] = scores.numpy()
+    st = diagnose.detection_statistics([m])
+    assert st["dets_per_image"] == 3 and st["dup_per_gt"] == 2.0
+    assert st["recall50"] == 0.5 and st["recall75"] == 0.5
+    assert st["tp_score"] == pytest.approx(0.9) and st["fp_score"] == pytest.approx(0.3)
+    assert np.isnan(st["score_iou_corr"])  # two matched detections: too few for a correlation
+    empty = diagnose.match_detections(torch.zeros(0, 4), torch.zeros(0), gt)
+    assert empty["gt_num_matches"].tolist() == [0, 0]
+
+
+def test_diagnosis_of_a_dw_model_table_and_figure(tmp_path):
+    from tools.analysis import diagnose
+
+    cfg = tiny_cfg(os.path.join(SYN, "dw_fcos_effnet_lite0_FPN.py"), tmp_path / "dw")
+    run_dir = _fake_run(str(tmp_path / "cmp"), "dw_fcos", 0, {9: 2.0, 19: 1.0}, {19: 5.0}, 5.0)
+    with open(os.path.join(run_dir, "eval_results.json"), "w") as f:
+        json.dump({"bbox": {k: 1.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}, f)
+    st = diagnose.run_statistics(cfg, None, run_dir, score_thresh=0.0, max_images=2)
+    levels = len(cfg.model.head.input_shape)
+    assert len(st["fcos"]) == len(st["bag"]) == levels
+    # a DW bag holds the FCOS positives' region and more (centre prior over the GT box)
+    assert sum(st["bag"]) >= sum(st["fcos"]) > 0
+    # mean over GTs: (sum w)^2 / sum w^2 is between 1 and the bag size for every GT
+    assert 1.0 - 1e-6 <= st["effective"] <= sum(st["bag"]) and st["pos_mass"] > 0
+    assert st["training"] == {}  # the fake metrics have no loss keys
+    stats = {"dw_fcos": [st]}
+    md = diagnose.write_table(stats, {"dw_fcos": "DW"}, str(tmp_path / "d.md"), "header")
+    assert "| duplicates per matched GT |" in md and "| DW effective positives per GT |" in md
+    path = diagnose.plot_diagnosis(stats, {"dw_fcos": "DW"}, str(tmp_path / "d.png"), "c")
+    assert os.path.getsize(path) > 0

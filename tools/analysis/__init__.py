@@ -5,6 +5,7 @@
     python tools/analysis.py dw --suite trees --image-id 3     # DW weight maps of one image
     python tools/analysis.py sampling_free --suite trees       # confidence shifting + thresholds
     python tools/analysis.py curves --suite synthetic          # training curves of all runs
+    python tools/analysis.py diagnose --suite trees --runs fcos dw_fcos   # method vs baseline
 
 (``python -m tools.analysis ...`` from the repository root is the same.) The figures read the
 runs that ``python tools/compare.py --suite <suite>`` writes to
@@ -37,11 +38,17 @@ trains it.
 ``curves``          total loss vs iteration (mean over seeds, min-max band) of every run, one
                     panel per detector family; AP vs iteration when runs evaluated more than
                     once, final AP (mean ± std) in the legend.
+``diagnose``        a method against its baseline (``--runs``, baseline first; ``--seeds``):
+                    detections per image, recall at IoU 0.5 / 0.75, duplicates per matched
+                    GT, scores of true and unmatched detections, score-IoU correlation,
+                    FCOS-family positives per GT and level (DW: bag size, weight mass,
+                    effective positives), loss and gradient-norm ends of training (table +
+                    figure, ``<suite>_diagnosis_<baseline>.{md,png}``).
 ``all``             all of the above, skipping (with the reason) figures whose runs are missing.
 ==================  ==========================================================================
 
 Modules: :mod:`.runs` (finished runs, configs, checkpoints, captions), one module per figure
-(:mod:`.samplers`, :mod:`.dw`, :mod:`.sampling_free`, :mod:`.curves`: its data, its plot and
+(:mod:`.samplers`, :mod:`.dw`, :mod:`.sampling_free`, :mod:`.curves`, :mod:`.diagnose`: its data, its plot and
 its ``run(args)``), the command line in ``__main__``.
 """
 import matplotlib

@@ -1,0 +1,329 @@
+"""``diagnose``: why a method scores below (or above) its baseline, from finished comparison
+runs: what the detections look like on the validation split, how many training positives
+each ground-truth box gets per pyramid level (FCOS-family models), and the training curves'
+end values (Markdown table + figure).
+
+Per run (averaged over the seeds given):
+
+- detections per image (score >= ``--score-thresh``, after the model's own NMS);
+- recall at IoU 0.5 / 0.75 (GTs with some detection at that IoU);
+- duplicates per GT: detections with IoU >= 0.5 with a GT, per GT that has one (1 is ideal;
+  a detector that keeps several boxes per object pays for them as false positives);
+- the score of each GT's best-scoring match (IoU >= 0.5) and of the unmatched detections
+  (IoU < 0.5 with every GT): how far apart true and false positives sit;
+- score–IoU correlation over detections with IoU >= 0.5 (Pearson; DW's claim is a score that
+  ranks by localisation quality);
+- FCOS family: FCOS positives per GT (FCOS's own assignment) by level, and for DW-FCOS the
+  candidate-bag size, the positive-weight mass ``sum w_pos`` and the effective number of
+  positives ``(sum w)^2 / sum w^2`` per GT;
+- from ``metrics.json``: the median over the last fifth of training of each loss and of the
+  gradient norm (before clipping).
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from detectron2.config import instantiate
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
+
+from .dw import mapped_image
+from .runs import RunRef, check_runs, finish_figure, load_model, load_run_config, relpath
+
+__all__ = ["match_detections", "detection_statistics", "positives_per_gt", "training_tail",
+           "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
+
+MATCH_IOU = 0.5
+
+
+def match_detections(boxes: torch.Tensor, scores: torch.Tensor, gt_boxes: torch.Tensor
+                     ) -> Dict[str, np.ndarray]:
+    """One image: ``iou`` (D, G) between detections and GTs and per-detection / per-GT
+    summaries: ``det_max_iou`` (D,), ``gt_max_iou`` (G,), ``gt_num_matches`` (G,) detections
+    with IoU >= 0.5, ``gt_best_score`` (G,) score of the best-scoring such detection (NaN
+    without one)."""
+    d, g = boxes.shape[0], gt_boxes.shape[0]
+    iou = (pairwise_iou(Boxes(boxes), Boxes(gt_boxes)) if d and g
+           else torch.zeros(d, g))
+    match = iou >= MATCH_IOU
+    best = torch.where(match, scores[:, None].expand(d, g), torch.full_like(iou, -1.0))
+    best = best.amax(dim=0) if d else torch.full((g,), -1.0)
+    return {
+        "iou": iou.numpy(),
+        "det_max_iou": (iou.amax(dim=1) if g else torch.zeros(d)).numpy(),
+        "gt_max_iou": (iou.amax(dim=0) if d else torch.zeros(g)).numpy(),
+        "gt_num_matches": match.sum(dim=0).numpy(),
+        "gt_best_score": torch.where(best >= 0, best, torch.full_like(best, float("nan"))).numpy(),
+    }
+
+
+def _mean(values) -> float:
+    values = [float(v) for v in values if v == v]
+    return statistics.mean(values) if values else float("nan")
+
+
+def detection_statistics(per_image: Sequence[dict]) -> Dict[str, float]:
+    """The detection rows of the table from ``[{"scores": (D,), **match_detections(...)}]``."""
+    gt_max = np.concatenate([m["gt_max_iou"] for m in per_image])
+    n_match = np.concatenate([m["gt_num_matches"] for m in per_image])
+    best = np.concatenate([m["gt_best_score"] for m in per_image])
+    scores = np.concatenate([m["scores"] for m in per_image])
+    det_iou = np.concatenate([m["det_max_iou"] for m in per_image])
+    tp = det_iou >= MATCH_IOU
+    corr = (float(np.corrcoef(scores[tp], det_iou[tp])[0, 1])
+            if tp.sum() > 2 and scores[tp].std() > 0 and det_iou[tp].std() > 0 else float("nan"))
+    return {
+        "dets_per_image": len(scores) / max(len(per_image), 1),
+        "recall50": float((gt_max >= 0.5).mean()) if len(gt_max) else float("nan"),
+        "recall75": float((gt_max >= 0.75).mean()) if len(gt_max) else float("nan"),
+        "dup_per_gt": float(n_match[n_match > 0].mean()) if (n_match > 0).any() else float("nan"),
+        "tp_score": _mean(best),
+        "fp_score": float(scores[~tp].mean()) if (~tp).any() else float("nan"),
+        "score_iou_corr": corr,
+    }
+
+
+@torch.no_grad()
+def positives_per_gt(model, item: dict) -> Dict[str, np.ndarray]:
+    """Training positives per GT of one image of an FCOS-family model (eval-mode
+    predictions): ``fcos`` (G, L) FCOS-assignment positives per level; for a ``DWFCOS`` also
+    ``bag`` (G, L) candidate-bag points, ``pos_mass`` (G,) ``sum w_pos`` and ``effective``
+    (G,) ``(sum w)^2 / sum w^2``. Empty dict for other models."""
+    from balanced_det.modeling.meta_arch.fcos import DensePointDetector, decode_ltrb
+    from balanced_det.ops.points import fcos_assign, fcos_scale_ranges
+
+    if not isinstance(model, DensePointDetector):
+        return {}
+    model.eval()
+    images = model.preprocess_image([item])
+    feats = model.backbone(images.tensor)
+    feats = [feats[f] for f in model.head_in_features]
+    points, strides, counts = model.points(feats)
+    inst = item["instances"].to(model.device)
+    gt = inst.gt_boxes.tensor.float()
+    g, levels = gt.shape[0], len(counts)
+    level_of = torch.repeat_interleave(torch.arange(levels, device=points.device),
+                                       torch.tensor(counts, device=points.device))
+    lower, upper = fcos_scale_ranges(strides, counts)
+    radius = getattr(model, "center_sampling_radius", 1.5)
+    idx = fcos_assign(points, strides, lower, upper, gt, radius)
+    fcos = torch.zeros(g, levels, dtype=torch.long, device=points.device)
+    pos = idx >= 0
+    fcos.index_put_((idx[pos], level_of[pos]), torch.ones_like(idx[pos]), accumulate=True)
+    out = {"fcos": fcos.cpu().numpy()}
+    if hasattr(model, "center_prior_sigma") and g:
+        from balanced_det.ops.dw import dw_image_weights
+
+        preds = model.head(feats)
+        scores = model.scores(preds)[0]
+        boxes = decode_ltrb(points, model.box_distances(preds, strides))[0]
+        w = dw_image_weights(scores, boxes, points, strides, gt, inst.gt_classes.long(),
+                             sigma=model.center_prior_sigma)
+        bag = torch.zeros(g, levels, dtype=torch.long, device=points.device)
+        bag.index_put_((w.gt_idx, level_of[w.point_idx]), torch.ones_like(w.gt_idx),
+                       accumulate=True)
+        s1 = torch.zeros(g, device=points.device).index_add_(0, w.gt_idx, w.pos)
+        s2 = torch.zeros(g, device=points.device).index_add_(0, w.gt_idx, w.pos ** 2)
+        out.update(bag=bag.cpu().numpy(), pos_mass=s1.cpu().numpy(),
+                   effective=(s1 ** 2 / s2.clamp(min=1e-12)).cpu().numpy())
+    return out
+
+
+def training_tail(run_dir: str, fraction: float = 0.2) -> Dict[str, float]:
+    """Median over the last ``fraction`` of the logged training rows of ``metrics.json`` of
+    every ``loss*`` key and of ``grad_norm``."""
+    rows = []
+    with open(os.path.join(run_dir, "metrics.json")) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if "total_loss" in row:
+                rows.append(row)
+    tail = rows[int(len(rows) * (1 - fraction)):] or rows
+    keys = sorted({k for r in tail for k in r if k.startswith("loss") or k == "grad_norm"})
+    return {k: statistics.median(r[k] for r in tail if k in r) for k in keys}
+
+
+def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: float = 0.05,
+                   device: str = "cpu", max_images: Optional[int] = None,
+                   desc: str = "run") -> Dict[str, object]:
+    """Every statistic of one run: the model of ``cfg`` with ``checkpoint`` (None: its
+    initialisation) over ``cfg``'s validation split, ``run_dir``'s metrics.json and
+    eval_results.json."""
+    from balanced_det.data import get_detection_dataset_dicts  # noqa: F401 (registers data)
+    from detectron2.data import DatasetCatalog
+
+    model, _ = load_model(cfg, checkpoint, device)
+    model.eval()
+    loader = instantiate(cfg.dataloader.test)
+    names = cfg.dataloader.test.dataset.names
+    gts = {d["image_id"]: d for d in DatasetCatalog.get(names if isinstance(names, str)
+                                                         else list(names)[0])}
+    per_image, points = [], []
+    for k, batch in enumerate(tqdm(loader, desc=desc, unit="image",
+                                   leave=False)):
+        if max_images is not None and k >= max_images:
+            break
+        with torch.no_grad():
+            inst = model(batch)[0]["instances"].to("cpu")
+        keep = inst.scores >= score_thresh
+        d = gts[batch[0]["image_id"]]
+        gt = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                           for a in d["annotations"] if not a.get("iscrowd", 0)],
+                          dtype=torch.float32).reshape(-1, 4)
+        m = match_detections(inst.pred_boxes.tensor[keep], inst.scores[keep], gt)
+        m["scores"] = inst.scores[keep].numpy()
+        per_image.append(m)
+        if len(gt):
+            points.append(positives_per_gt(model, mapped_image(cfg, d)))
+    stats = detection_statistics(per_image)
+    stats["dup_hist"] = np.bincount(np.concatenate([m["gt_num_matches"] for m in per_image]),
+                                    minlength=6)[:6].tolist()
+    stats["tp_scores"] = np.concatenate([m["gt_best_score"] for m in per_image]).tolist()
+    stats["fp_scores"] = np.concatenate([m["scores"][m["det_max_iou"] < MATCH_IOU]
+                                         for m in per_image]).tolist()
+    if points and points[0]:
+        for key in points[0]:
+            stats[key] = np.concatenate([p[key] for p in points]).mean(axis=0).tolist()
+    stats["training"] = training_tail(run_dir)
+    with open(os.path.join(run_dir, "eval_results.json")) as f:
+        stats["AP"] = {k: float(v) for k, v in json.load(f)["bbox"].items()
+                       if k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    return stats
+
+
+def diagnose_runs(refs: Sequence[RunRef], score_thresh: float = 0.05, device: str = "cpu",
+                  max_images: Optional[int] = None) -> Dict[str, List[Dict[str, object]]]:
+    """``{run name: [statistics per seed]}`` of finished runs."""
+    check_runs(refs)
+    out: Dict[str, List[Dict[str, object]]] = {}
+    for ref in tqdm(refs, desc="runs", unit="run"):
+        cfg = load_run_config(ref.config, device)
+        out.setdefault(ref.name, []).append(run_statistics(
+            cfg, ref.checkpoint, ref.run_dir, score_thresh, device, max_images,
+            desc=f"{ref.name} seed {ref.seed}"))
+    return out
+
+
+ROWS = (("AP (box)", lambda s: s["AP"]["AP"], "{:.1f}"),
+        ("AP75", lambda s: s["AP"]["AP75"], "{:.1f}"),
+        ("APs / APm", lambda s: (s["AP"]["APs"], s["AP"]["APm"]), "{:.1f} / {:.1f}"),
+        ("detections per image", lambda s: s["dets_per_image"], "{:.0f}"),
+        ("recall IoU 0.5 / 0.75", lambda s: (100 * s["recall50"], 100 * s["recall75"]),
+         "{:.0f} % / {:.0f} %"),
+        ("duplicates per matched GT", lambda s: s["dup_per_gt"], "{:.2f}"),
+        ("score of the best match per GT", lambda s: s["tp_score"], "{:.3f}"),
+        ("score of unmatched detections", lambda s: s["fp_score"], "{:.3f}"),
+        ("score-IoU correlation (IoU >= 0.5)", lambda s: s["score_iou_corr"], "{:.2f}"))
+
+
+def _cell(values: List[object], fmt: str) -> str:
+    if isinstance(values[0], tuple):
+        return fmt.format(*[_mean(v[i] for v in values) for i in range(len(values[0]))])
+    return fmt.format(_mean(values))
+
+
+def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str], path: str,
+                header: str) -> str:
+    """Markdown table, one column per run (means over seeds), written to ``path``."""
+    names = list(stats)
+    lines = [header, "", "| | " + " | ".join(descs[n] for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for label, get, fmt in ROWS:
+        lines.append(f"| {label} | " + " | ".join(_cell([get(s) for s in stats[n]], fmt)
+                                                  for n in names) + " |")
+    levels = max((len(s[0].get("fcos", [])) for s in stats.values()), default=0)
+    for key, label in (("fcos", "FCOS positives per GT, P3..P7"),
+                       ("bag", "DW candidate-bag points per GT, P3..P7")):
+        if any(key in s[0] for s in stats.values()):
+            lines.append(f"| {label} | " + " | ".join(
+                " / ".join(f"{_mean(s[key][lv] for s in stats[n]):.1f}" for lv in range(levels))
+                if key in stats[n][0] else "-" for n in names) + " |")
+    for key, label in (("pos_mass", "DW positive-weight mass per GT"),
+                       ("effective", "DW effective positives per GT")):
+        if any(key in s[0] for s in stats.values()):
+            lines.append(f"| {label} | " + " | ".join(
+                f"{_mean(np.mean(s[key]) for s in stats[n]):.2f}" if key in stats[n][0]
+                else "-" for n in names) + " |")
+    keys = sorted({k for n in names for s in stats[n] for k in s["training"]})
+    for k in keys:
+        lines.append(f"| training, last fifth: {k} | " + " | ".join(
+            f"{_mean(s['training'].get(k, float('nan')) for s in stats[n]):.3f}"
+            for n in names) + " |")
+    md = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(md)
+    return md
+
+
+def plot_diagnosis(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str], path: str,
+                   caption: str) -> str:
+    """Left: GTs by number of matching detections (0..5, all seeds); right: score
+    histograms of the best match per GT and of the unmatched detections."""
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+    names = list(stats)
+    width = 0.8 / len(names)
+    bins = np.linspace(0, 1, 26)
+    for k, n in enumerate(names):
+        hist = np.sum([s["dup_hist"] for s in stats[n]], axis=0)
+        ax1.bar(np.arange(6) + (k - (len(names) - 1) / 2) * width, hist / max(hist.sum(), 1),
+                width, label=descs[n])
+        colour = f"C{k}"
+        tp = np.concatenate([np.asarray(s["tp_scores"], dtype=float) for s in stats[n]])
+        fp = np.concatenate([np.asarray(s["fp_scores"], dtype=float) for s in stats[n]])
+        for values, style, what in ((tp[tp == tp], "-", "best match per GT"),
+                                    (fp, "--", "unmatched")):
+            if len(values):  # a density of no values is undefined
+                ax2.hist(values, bins, histtype="step", color=colour, linestyle=style,
+                         density=True, label=f"{descs[n]}: {what}")
+    ax1.set_xlabel("detections with IoU >= 0.5 per GT")
+    ax1.set_ylabel("fraction of GTs")
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("score")
+    ax2.set_ylabel("density")
+    ax2.legend(fontsize=7)
+    return finish_figure(fig, caption, path)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--runs", nargs="+", default=["fcos", "dw_fcos", "dw_fcos_refine"],
+                        help="run names of the suite, the baseline first")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--score-thresh", type=float, default=0.05)
+    parser.add_argument("--max-images", type=int, help="first N validation images")
+
+
+def run(args) -> List[str]:
+    refs = [RunRef(args.suite, name, seed, args.compare_dir) for name in args.runs
+            for seed in args.seeds]
+    stats = diagnose_runs(refs, args.score_thresh, args.device, args.max_images)
+    descs = {r.name: r.desc for r in refs}
+    stem = os.path.join(args.out, f"{args.suite}_diagnosis_{args.runs[0]}")
+    command = (f"python tools/analysis.py diagnose --suite {args.suite} --runs "
+               f"{' '.join(args.runs)} --seeds {' '.join(map(str, args.seeds))}")
+    header = (f"Diagnosis on the {args.suite} validation split, mean over seeds "
+              f"{', '.join(map(str, args.seeds))} (runs in {relpath(args.compare_dir)}; "
+              f"detections with score >= {args.score_thresh}). `{command}`")
+    for name, per_seed in stats.items():
+        for ref, s in zip([r for r in refs if r.name == name], per_seed):
+            with open(os.path.join(ref.run_dir, "diagnosis.json"), "w") as f:
+                json.dump({k: v for k, v in s.items() if k not in ("tp_scores", "fp_scores")},
+                          f, indent=1)
+    md = write_table(stats, descs, stem + ".md", header)
+    print(md)
+    fig = plot_diagnosis(stats, descs, stem + ".png",
+                         f"Left: validation GTs by the number of detections (score >= "
+                         f"{args.score_thresh}) that overlap them with IoU >= 0.5. Right: "
+                         f"scores of each GT's best-scoring match (solid) and of detections "
+                         f"that match no GT (dashed). Seeds {args.seeds}. {command}")
+    return [stem + ".md", fig]
