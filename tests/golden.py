@@ -7,7 +7,9 @@ with objects, one without), float32 on the CPU; the loss dict of two training it
 (SGD step of the config's optimizer in between) and the top detections of one image after them.
 
 ``python tests/golden.py --record`` writes ``tests/golden_values.json`` (only when the
-behaviour is meant to change); ``tests/modeling/test_golden_values.py`` compares.
+behaviour is meant to change; ``--record CONFIG_ID ...`` adds or updates those configs only,
+e.g. ``Synthetic/usw_mask_rcnn_effnet_lite0_FPN.py``); ``tests/modeling/test_golden_values.py``
+compares.
 """
 from __future__ import annotations
 
@@ -130,9 +132,19 @@ def _golden_job(path: str) -> Dict:
     }
 
 
-def record() -> None:
+def record(only=()) -> None:
+    """Record every config's values, or only those of the config ids ``only`` (the others'
+    recorded values kept: values recorded on another machine are not bit-identical here)."""
     out = {}
+    if only:
+        with open(GOLDEN_FILE) as f:
+            out = json.load(f)
+        unknown = set(only) - {config_id(p) for p in golden_config_paths()}
+        if unknown:
+            sys.exit(f"not CPU method configs: {sorted(unknown)}")
     for path in golden_config_paths():
+        if only and config_id(path) not in only:
+            continue
         out[config_id(path)] = run_golden_job(path)
         print(config_id(path), out[config_id(path)]["losses"][0], flush=True)
     with open(GOLDEN_FILE, "w") as f:
@@ -147,6 +159,6 @@ if __name__ == "__main__":
     os.environ.setdefault("BALANCED_DET_CACHE", tempfile.mkdtemp(prefix="balanced_det_golden_"))
     import balanced_det  # noqa: F401
 
-    if sys.argv[1:] != ["--record"]:
-        sys.exit("usage: python tests/golden.py --record")
-    record()
+    if sys.argv[1:2] != ["--record"]:
+        sys.exit("usage: python tests/golden.py --record [CONFIG_ID ...]")
+    record(sys.argv[2:])

@@ -76,6 +76,7 @@ SUITES["synthetic"] = [
     ("pisa_mask_rcnn", "configs/Synthetic/pisa_mask_rcnn_effnet_lite0_FPN.py", "PISA Mask R-CNN"),
     ("sampling_free_mask_rcnn", "configs/Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py",
      "Sampling-Free Mask R-CNN"),
+    ("usw_mask_rcnn", "configs/Synthetic/usw_mask_rcnn_effnet_lite0_FPN.py", "USW Mask R-CNN"),
     ("faster_rcnn_lt", "configs/Synthetic/faster_rcnn_long_tail_effnet_lite0_FPN.py",
      "Faster R-CNN, long-tail data (softmax)"),
     ("eql_faster_rcnn_lt", "configs/Synthetic/eql_faster_rcnn_effnet_lite0_FPN.py",

@@ -99,6 +99,8 @@ def test_coco_method_config_trains_and_infers(path, tmp_path, monkeypatch):
         expected.add("loss_carl")
     if rel(path).split("/")[-1].startswith("usw_"):
         expected |= {"loss_usw_cls", "loss_usw_reg"}
+        if "mask_rcnn" in path:
+            expected.add("loss_usw_mask")
     if "mask_rcnn" in path:
         expected.add("loss_mask")
     assert set(losses) == expected
@@ -127,6 +129,7 @@ LITE0 = [p for p in TWO_STAGE if rel(p) in (
     "Synthetic/ohem_faster_rcnn_effnet_lite0_FPN.py",
     "Synthetic/pisa_mask_rcnn_effnet_lite0_FPN.py",
     "Synthetic/sampling_free_mask_rcnn_effnet_lite0_FPN.py",
+    "Synthetic/usw_mask_rcnn_effnet_lite0_FPN.py",
     "Synthetic/eql_faster_rcnn_effnet_lite0_FPN.py")]
 
 

@@ -403,3 +403,97 @@ def test_retinanet_refuses_usw_with_isr_p_or_a_non_elementwise_loss():
         tiny_retinanet(sample_weighting=SampleWeightingNet(), isr_p=True)
     with pytest.raises(ValueError, match="sample_weighting needs element-wise losses"):
         tiny_retinanet(sample_weighting=SampleWeightingNet(), cls_loss_type="ghm")
+
+
+# ---- Mask R-CNN: the mask-loss input and weight (the authors' SWNMask) ---------------------
+def _mask_instances(num_images=2, per_image=3, seed=0, size=64):
+    from detectron2.structures import Instances, PolygonMasks
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(num_images):
+        xy = torch.rand(per_image, 2, generator=g) * size * 0.5
+        boxes = torch.cat([xy, xy + 8 + torch.rand(per_image, 2, generator=g) * size * 0.4], 1)
+        inst = Instances((size, size))
+        inst.proposal_boxes = Boxes(boxes + torch.randn(per_image, 4, generator=g))
+        inst.gt_classes = torch.randint(C, (per_image,), generator=g)
+        inst.gt_masks = PolygonMasks([[b[[0, 1, 2, 1, 2, 3, 0, 3]].numpy()] for b in boxes])
+        out.append(inst)
+    return out
+
+
+@pytest.mark.parametrize("agnostic", [False, True])
+def test_roi_mask_losses_are_the_per_roi_terms_of_detectrons_mask_loss(agnostic):
+    from detectron2.modeling.roi_heads.mask_head import mask_rcnn_loss
+    from balanced_det.modeling.mask_head import roi_mask_losses
+
+    inst = _mask_instances()
+    logits = torch.randn(6, 1 if agnostic else C, 28, 28, generator=torch.Generator().manual_seed(1))
+    per_roi = roi_mask_losses(logits, inst)
+    assert per_roi.shape == (6,)
+    with EventStorage(0):
+        assert float(per_roi.mean()) == pytest.approx(float(mask_rcnn_loss(logits, inst)), rel=1e-6)
+    # ROI 4 (image 1, second box) by hand: BCE of its GT-class channel, mean over pixels
+    target = inst[1].gt_masks.crop_and_resize(inst[1].proposal_boxes.tensor, 28)[1].float()
+    x = logits[4, 0 if agnostic else int(inst[1].gt_classes[1])]
+    p = torch.sigmoid(x)
+    want = -(target * torch.log(p) + (1 - target) * torch.log(1 - p)).mean()
+    assert float(per_roi[4]) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_usw_mask_features_and_net_shapes():
+    net = _net(mask=True)
+    assert len(net.branches) == 5 and net.predictor[-1].out_features == 3
+    feats = usw_features(4, torch.tensor([1, 3]), torch.tensor([0.5, 0.7]),
+                         torch.tensor([0.2, 0.9]), torch.tensor([1.0, 2.0, 3.0, 4.0]),
+                         torch.ones(2, 4), mask_loss=torch.tensor([0.3, 0.6]))
+    assert feats.shape == (4, 8) and feats[:, 7].tolist() == pytest.approx([0, 0.3, 0, 0.6])
+    assert net(feats).shape == (4, 3)
+
+
+def test_mask_loss_is_weighted_by_exp_minus_s_mask_and_trains_the_net(tmp_path):
+    from balanced_det.engine import build_model
+    from detectron2.config import instantiate
+    from helpers import tiny_cfg
+
+    from conftest import ROOT
+
+    cfg = tiny_cfg(f"{ROOT}/configs/Synthetic/usw_mask_rcnn_effnet_lite0_FPN.py", tmp_path)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    model.train()
+    batch = next(iter(instantiate(cfg.dataloader.train)))
+    last = model.roi_heads.box_predictor.sample_weighting.predictor[-1]
+    out = {}
+    for s in (0.0, math.log(2.0)):
+        with torch.no_grad():  # s = (0, 0, s) for every ROI
+            last.weight.zero_()
+            last.bias.copy_(torch.tensor([0.0, 0.0, s]))
+        torch.manual_seed(3)  # the same sampled ROIs in both runs
+        with EventStorage(0):
+            out[s] = model(batch)
+    plain, half = out[0.0], out[math.log(2.0)]
+    assert float(half["loss_mask"]) == pytest.approx(0.5 * float(plain["loss_mask"]), rel=1e-5)
+    assert float(half["loss_usw_mask"]) == pytest.approx(LAM * math.log(2.0), rel=1e-6)
+    assert float(plain["loss_usw_mask"]) == 0.0
+    # d loss_mask / d s_mask = -w mean_i l_i over the positives: the bias gets -0.5 L_plain
+    model.zero_grad()
+    half["loss_mask"].backward()
+    assert float(last.bias.grad[2]) == pytest.approx(-0.5 * float(plain["loss_mask"]), rel=1e-4)
+    assert float(last.bias.grad[0]) == 0.0 and float(last.bias.grad[1]) == 0.0
+
+
+def test_mask_weighting_needs_the_weighted_mask_head_and_retinanet_refuses_it():
+    from balanced_det.config import load_config
+    from balanced_det.modeling.roi_heads import BalancedROIHeads
+    from detectron2.config import instantiate
+
+    from conftest import ROOT
+
+    with pytest.raises(ValueError, match="WeightedMaskRCNNConvUpsampleHead"):
+        BalancedROIHeads(**H.roi_parts(sample_weighting=_net(mask=True), smooth_l1_beta=1.0))
+    cfg = load_config(f"{ROOT}/configs/Synthetic/usw_retinanet_effnet_lite0_FPN.py")
+    cfg.model.sample_weighting.mask = True
+    cfg.model.backbone.pretrained = False
+    with pytest.raises(ValueError, match="mask=True"):
+        instantiate(cfg.model)

@@ -9,6 +9,7 @@ docs/methods/.
 from detectron2.config import LazyCall as L
 
 from balanced_det.modeling.losses import CARL, BalancedL1Loss, GuidedLoss
+from balanced_det.modeling.mask_head import WeightedMaskRCNNConvUpsampleHead
 from balanced_det.modeling.meta_arch.rcnn import BalancedRCNN
 from balanced_det.modeling.necks.balanced_fpn import BalancedFPN
 from balanced_det.modeling.roi_heads import (
@@ -119,7 +120,9 @@ def usw(model, optimizer, lr=1e-3, weight_decay=1e-4):
     """Unified Sample Weighting: a ``SampleWeightingNet`` (hidden 64, init N(0, 1e-4), scores
     clamped to [-2, 2], lambda 0.5, pooled classification scores) on the ROI box predictor, and,
     as the authors' configs, Smooth L1 beta 1.0 (baseline: L1, beta 0; it is also the 4-d
-    box-loss input of the network). The RPN is not weighted.
+    box-loss input of the network). The RPN is not weighted. With a mask head (Mask R-CNN, the
+    authors' ``SWNMask``) the network also takes each positive's mask loss and weights the mask
+    loss by its third score (``mask=True``, ``WeightedMaskRCNNConvUpsampleHead``).
 
     Returns the new optimizer config: the network trains with Adam (``lr`` 1e-3,
     ``weight_decay`` 1e-4), every other parameter with the baseline ``optimizer`` (unchanged,
@@ -130,6 +133,9 @@ def usw(model, optimizer, lr=1e-3, weight_decay=1e-4):
     bp = model.roi_heads.box_predictor
     bp.sample_weighting = sample_weighting_net()
     bp.smooth_l1_beta = 1.0
+    if model.roi_heads.get("mask_head") is not None:
+        bp.sample_weighting.mask = True
+        model.roi_heads.mask_head._target_ = WeightedMaskRCNNConvUpsampleHead
     return usw_optimizer(optimizer, lr, weight_decay)
 
 

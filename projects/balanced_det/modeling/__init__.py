@@ -20,6 +20,7 @@ from .losses import (
     SmoothL1Loss,
     SoftTargetFocalLoss,
 )
+from .mask_head import WeightedMaskRCNNConvUpsampleHead
 from .meta_arch.dw_fcos import DWFCOS
 from .meta_arch.fcos import FCOS
 from .meta_arch.rcnn import BalancedRCNN

@@ -22,7 +22,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat, cross_entropy, nonzero_tuple
 from detectron2.modeling.proposal_generator.proposal_utils import add_ground_truth_to_proposals
-from detectron2.modeling.roi_heads import ROI_HEADS_REGISTRY, StandardROIHeads
+from detectron2.modeling.roi_heads import (ROI_HEADS_REGISTRY, StandardROIHeads,
+                                           select_foreground_proposals)
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
@@ -33,6 +34,7 @@ from ..utils.events import put_tensor_scalars
 from ..utils.signature import with_base_signature
 from ..utils.tensor_math import float32_math
 from .losses import CARL, BoxRegressionLoss, ElementwiseBoxLoss, GuidedLoss, SmoothL1Loss
+from .mask_head import WeightedMaskRCNNConvUpsampleHead, roi_mask_losses
 from .samplers import BoxHeadProbe, ISRPWeighting, SampleCandidates, Sampler, resolve_sampler
 from .sampling_free import ClassScoreThresholds
 from .usw import SampleWeightingNet
@@ -195,8 +197,7 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
 
             if self.sample_weighting is not None:
                 losses, fg_inds, elem = self._usw_losses(scores, proposal_deltas, gt_classes,
-                                                          proposal_boxes, gt_boxes,
-                                                          _sample_weights(proposals))
+                                                          proposal_boxes, gt_boxes, proposals)
                 loss_cls = losses["loss_cls"]
             else:
                 loss_cls = self.classification_loss(scores, gt_classes, proposals)
@@ -236,10 +237,12 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             return float(max(num_fg * box_dim, 1))
         return float(max(num_rois, 1))
 
-    def _usw_losses(self, scores, deltas, gt_classes, proposal_boxes, gt_boxes, weights):
+    def _usw_losses(self, scores, deltas, gt_classes, proposal_boxes, gt_boxes, proposals):
         """USW's weighted ``loss_cls`` / ``loss_box_reg`` and regularisers (float32 inputs);
         returns ``(losses, fg_inds, element-wise box loss of the positives)``. The network's
-        inputs (:func:`~balanced_det.ops.usw_features`) are detached."""
+        inputs (:func:`~balanced_det.ops.usw_features`) are detached. With a mask score, the
+        proposals' ``usw_mask_loss`` is its fifth input and each proposal gets
+        ``mask_loss_weight`` (``exp(-s_mask)`` for positives, 1 otherwise) for the mask head."""
         num_rois = gt_classes.numel()
         fg_mask = (gt_classes >= 0) & (gt_classes < self.num_classes)
         ce = (F.cross_entropy(scores, gt_classes, reduction="none") if num_rois
@@ -253,10 +256,22 @@ class BalancedFastRCNNOutputLayers(FastRCNNOutputLayers):
             pred_boxes = self.box2box_transform.apply_deltas(
                 torch.nan_to_num(fg_pred.detach(), nan=0.0), proposal_boxes[fg_inds])
             ious = aligned_iou(pred_boxes, gt_boxes[fg_inds])
-            feats = usw_features(num_rois, fg_inds, ious, probs_gt, ce, elem)
+            mask_loss = None
+            if self.sample_weighting.mask:
+                if not all(p.has("usw_mask_loss") for p in proposals):
+                    raise RuntimeError("sample_weighting with mask=True needs the proposals' "
+                                       "usw_mask_loss, set by BalancedROIHeads with a mask head")
+                mask_loss = cat([p.usw_mask_loss for p in proposals], dim=0)[fg_inds]
+            feats = usw_features(num_rois, fg_inds, ious, probs_gt, ce, elem, mask_loss)
         losses = self.sample_weighting.losses(
             feats, ce, elem, fg_inds, fg_mask,
-            self._box_normalizer(fg_inds.numel(), num_rois, proposal_boxes.shape[1]), weights)
+            self._box_normalizer(fg_inds.numel(), num_rois, proposal_boxes.shape[1]),
+            _sample_weights(proposals))
+        if self.sample_weighting.mask:
+            w = torch.ones(num_rois, device=scores.device).index_copy(
+                0, fg_inds, losses.pop("mask_weights"))
+            for p, w_i in zip(proposals, w.split([len(p) for p in proposals])):
+                p.mask_loss_weight = w_i
         return losses, fg_inds, elem
 
     def classification_loss(self, scores: torch.Tensor, gt_classes: torch.Tensor,
@@ -466,6 +481,14 @@ class BalancedROIHeads(StandardROIHeads):
                 f"sampler={self.sampler!r} / positive_weighting={self.positive_weighting!r} "
                 f"weight samples; they need a box predictor that takes per-sample weights, "
                 f"e.g. BalancedFastRCNNOutputLayers, not {type(self.box_predictor).__name__}")
+        usw = getattr(self.box_predictor, "sample_weighting", None)
+        self.usw_mask = usw is not None and usw.mask
+        if self.usw_mask and not (self.mask_on and isinstance(
+                self.mask_head, WeightedMaskRCNNConvUpsampleHead)):
+            raise ValueError(
+                f"sample_weighting={usw!r} weights the mask loss (mask=True); it needs a mask "
+                f"head that takes per-ROI weights, WeightedMaskRCNNConvUpsampleHead, not "
+                f"{type(self.mask_head).__name__ if self.mask_on else 'no mask head'}")
 
     # ---- forward ----------------------------------------------------------------------------
     def forward(self, images, features: Dict[str, torch.Tensor], proposals: List[Instances],
@@ -477,6 +500,8 @@ class BalancedROIHeads(StandardROIHeads):
         assert targets, "'targets' argument is required during training"
         proposals = self.label_and_sample_proposals(proposals, targets, features=features)
         del targets
+        if self.usw_mask:
+            self._set_usw_mask_losses(features, proposals)
         losses = self._forward_box(features, proposals)
         losses.update(self._forward_mask(features, proposals))
         losses.update(self._forward_keypoint(features, proposals))
@@ -500,6 +525,20 @@ class BalancedROIHeads(StandardROIHeads):
                 for p, b in zip(proposals, pred_boxes):
                     p.proposal_boxes = Boxes(b)
         return losses
+
+    @torch.no_grad()
+    def _set_usw_mask_losses(self, features: Dict[str, torch.Tensor],
+                             proposals: List[Instances]) -> None:
+        """USW's mask-loss input: ``usw_mask_loss`` (R_i,) on every sampled proposal, the
+        per-ROI mask loss (:func:`~balanced_det.modeling.mask_head.roi_mask_losses`) of one
+        no-grad mask-head forward for the positives, 0 for the others."""
+        fg_props, fg_masks = select_foreground_proposals(proposals, self.num_classes)
+        feats = [features[f] for f in self.mask_in_features]
+        logits = self.mask_head.layers(self.mask_pooler(feats, [p.proposal_boxes
+                                                                 for p in fg_props]))
+        per_roi = roi_mask_losses(logits, fg_props).split([len(p) for p in fg_props])
+        for p, is_fg, loss in zip(proposals, fg_masks, per_roi):
+            p.usw_mask_loss = torch.zeros(len(p), device=loss.device).masked_scatter(is_fg, loss)
 
     # ---- labelling and sampling -------------------------------------------------------------
     def _labels(self, matched_idxs, matched_labels, gt_classes):

@@ -8,7 +8,7 @@ from typing import Dict, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from ..ops.usw import USW_FEATURE_DIMS, usw_losses, usw_scores
+from ..ops.usw import USW_FEATURE_DIMS, USW_MASK_FEATURE_DIMS, usw_losses, usw_scores
 from ..utils.checks import check_choice, check_int, check_range
 from ..utils.events import put_tensor_scalars
 
@@ -43,13 +43,16 @@ class SampleWeightingNet(nn.Module):
         score_min, score_max: clamp of the scores (default -2, 2), ``score_min < score_max``.
         cls_weighting: ``"pooled"`` (the authors' code: one classification score per group,
             positives / negatives) or ``"per_sample"``.
+        mask: Mask R-CNN (the authors' ``SWNMask``): a fifth branch on the per-ROI mask loss
+            and a third score ``s_mask`` that weights the mask head's loss (default False).
 
     Trained by its own optimizer (Adam 1e-3 in the configs; ``usw()`` in
     configs/common/models/balanced_rcnn.py), its parameters are named ``*.sample_weighting.*``.
     """
 
     def __init__(self, hidden_dim: int = 64, init_std: float = 1e-4, lam: float = 0.5,
-                 score_min: float = -2.0, score_max: float = 2.0, cls_weighting: str = "pooled"):
+                 score_min: float = -2.0, score_max: float = 2.0, cls_weighting: str = "pooled",
+                 mask: bool = False):
         super().__init__()
         h = check_int("hidden_dim", hidden_dim, 1)
         self.init_std = check_range("init_std", init_std, 0.0)
@@ -57,8 +60,11 @@ class SampleWeightingNet(nn.Module):
         self.score_min = check_range("score_min", score_min)
         self.score_max = check_range("score_max", score_max, self.score_min, low_open=True)
         self.cls_weighting = check_choice("cls_weighting", cls_weighting, CLS_WEIGHTING)
-        self.branches = nn.ModuleList(_mlp((d, h, h), relu_last=True) for d in USW_FEATURE_DIMS)
-        self.predictor = _mlp((h * len(USW_FEATURE_DIMS), h, 2), relu_last=False)
+        self.mask = bool(mask)
+        self.feature_dims = USW_MASK_FEATURE_DIMS if self.mask else USW_FEATURE_DIMS
+        self.branches = nn.ModuleList(_mlp((d, h, h), relu_last=True) for d in self.feature_dims)
+        self.predictor = _mlp((h * len(self.feature_dims), h, len(self.feature_dims) - 2),
+                              relu_last=False)
         for m in self.modules():
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0.0, self.init_std)
@@ -66,11 +72,12 @@ class SampleWeightingNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"lam={self.lam}, score_range=({self.score_min}, {self.score_max}), "
-                f"cls_weighting={self.cls_weighting!r}")
+                f"cls_weighting={self.cls_weighting!r}, mask={self.mask}")
 
     def forward(self, features: Tensor) -> Tensor:
-        """(R, 7) inputs (:func:`~balanced_det.ops.usw.usw_features`) -> (R, 2) raw scores."""
-        parts = features.float().split(list(USW_FEATURE_DIMS), dim=1)
+        """(R, 7) inputs (:func:`~balanced_det.ops.usw.usw_features`) -> (R, 2) raw scores;
+        with ``mask``: (R, 8) -> (R, 3)."""
+        parts = features.float().split(list(self.feature_dims), dim=1)
         return self.predictor(torch.cat([b(x) for b, x in zip(self.branches, parts)], dim=1))
 
     def losses(self, features: Tensor, ce: Tensor, box_loss: Tensor, fg_inds: Tensor,
@@ -80,11 +87,16 @@ class SampleWeightingNet(nn.Module):
         """``loss_cls``, ``loss_box_reg`` (weighted) and ``loss_usw_cls``, ``loss_usw_reg``
         (regularisers); ``groups``: the ROI head's positive / negative pooling (False:
         RetinaNet's one mean over all anchors); other arguments as
-        :func:`~balanced_det.ops.usw.usw_losses`."""
+        :func:`~balanced_det.ops.usw.usw_losses`. With ``mask`` also ``loss_usw_mask`` and
+        ``mask_weights`` (P,), ``exp(-s_mask)`` of the positives (not detached; a weight for
+        the mask head, not a loss: the caller takes it out)."""
         scores = usw_scores(self(features), fg_mask, self.score_min, self.score_max,
                             pooled=self.cls_weighting == "pooled", groups=groups)
         put_tensor_scalars(**{"usw/s_cls_pos": scores["cls_pos"].detach(),
                               "usw/s_cls_neg": scores["cls_neg"].detach()})
-        return usw_losses(ce, box_loss, fg_inds, fg_mask, scores, self.lam, reg_normalizer,
-                          cls_weights, cls_normalizer)
+        out = usw_losses(ce, box_loss, fg_inds, fg_mask, scores, self.lam, reg_normalizer,
+                         cls_weights, cls_normalizer)
+        if self.mask:
+            out["mask_weights"] = torch.exp(-scores["mask"][fg_inds])
+        return out
 

@@ -27,6 +27,7 @@ from .sampling_free import (
     sigmoid_prior_bias,
     softmax_prior_bias,
 )
-from .usw import USW_FEATURE_DIMS, usw_features, usw_losses, usw_scores
+from .usw import (USW_FEATURE_DIMS, USW_MASK_FEATURE_DIMS, usw_features, usw_losses,
+                  usw_mask_loss, usw_scores)
 
 __all__ = [k for k in globals() if not k.startswith("_")]

@@ -144,6 +144,9 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         self.guided_loss = check_plugin("guided_loss", guided_loss, GuidedLoss)
         self.sample_weighting = check_plugin("sample_weighting", sample_weighting,
                                              SampleWeightingNet)
+        if self.sample_weighting is not None and self.sample_weighting.mask:
+            raise ValueError(f"sample_weighting={self.sample_weighting!r}: mask=True weights a "
+                             "mask head's loss; RetinaNet has none (expected mask=False)")
         if self.sample_weighting is not None and (
                 not isinstance(self.cls_loss, ElementwiseClassificationLoss)
                 or self.box_reg_loss.on_boxes
