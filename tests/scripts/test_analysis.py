@@ -360,3 +360,10 @@ def test_diagnosis_of_a_dw_model_table_and_figure(tmp_path):
     assert "| duplicates per matched GT |" in md and "| DW effective positives per GT |" in md
     path = diagnose.plot_diagnosis(stats, {"dw_fcos": "DW"}, str(tmp_path / "d.png"), "c")
     assert os.path.getsize(path) > 0
+
+
+def test_annotations_figure(tmp_path):
+    from tools.analysis import annotations
+
+    path = annotations.plot_annotations("synthetic_tiny_val", str(tmp_path / "a.png"), "caption")
+    assert os.path.getsize(path) > 0

@@ -38,6 +38,7 @@ trains it.
 ``curves``          total loss vs iteration (mean over seeds, min-max band) of every run, one
                     panel per detector family; AP vs iteration when runs evaluated more than
                     once, final AP (mean ± std) in the legend.
+``annotations``     the GT boxes of the validation image with most boxes, drawn over it.
 ``diagnose``        a method against its baseline (``--runs``, baseline first; ``--seeds``):
                     detections per image, recall at IoU 0.5 / 0.75, duplicates per matched
                     GT, scores of true and unmatched detections, score-IoU correlation,

@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from . import __doc__ as PACKAGE_DOC
-from . import curves, diagnose, dw, samplers, sampling_free
+from . import annotations, curves, diagnose, dw, samplers, sampling_free
 from ..compare import SUITES
 from .runs import ROOT, MissingRunError, default_compare_dir, relpath
 
@@ -18,6 +18,7 @@ FIGURES = {
     "dw": (dw, "DW weight maps of one image", True),
     "sampling_free": (sampling_free, "score distribution and class-adaptive thresholds", True),
     "curves": (curves, "training curves of the comparison runs", False),
+    "annotations": (annotations, "the GT boxes of the busiest validation image", False),
     "diagnose": (diagnose, "detections, positives per GT and training ends of a method vs "
                  "its baseline", False),
 }
