@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick convergence figures clean-venv
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence figures clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
 setup:
@@ -40,17 +40,25 @@ compare-quick: setup
 	$(PY) tools/compare.py --suite trees --only faster_rcnn libra_faster_rcnn --seeds 0 1 \
 		--max-iter 60 --eval-points 5 --jobs 2 --output output/compare/quick
 
+## compare-demo-pair: the 3-seed comparison behind `make demo`'s reading (FCOS vs DW-FCOS on the
+## trees, 300 iterations, 3 evaluations each; about 60 minutes on 2 cores), trained into
+## output/compare/trees-demo/. The committed runs (docs/results/runs/trees-demo/) came from
+## this command with --records docs/results/runs/trees-demo.
+compare-demo-pair: setup
+	$(PY) tools/compare.py --suite trees --only fcos dw_fcos --seeds 0 1 2 --max-iter 300 \
+		--eval-points 3 --jobs $(COMPARE_JOBS) --output output/compare/trees-demo
+
 ## convergence: the schedule length at which each baseline (FCOS, RetinaNet, Faster R-CNN)
 ## stops improving (mean AP over 3 seeds gains < 0.5 between two evaluations), per dataset;
 ## CONVERGENCE_ITER sets the longest schedule tried. Tables: output/compare/<suite>-convergence/.
-CONVERGENCE_ITER ?= 800
+CONVERGENCE_ITER ?= 600
 convergence: setup
 	$(PY) tools/compare.py --suite trees --only fcos retinanet faster_rcnn --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --jobs $(COMPARE_JOBS) --convergence \
-		--output output/compare/trees-convergence
+		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--output output/compare/trees-conv$(CONVERGENCE_ITER)
 	$(PY) tools/compare.py --suite synthetic --only fcos retinanet faster_rcnn --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --eval-points 5 --jobs $(COMPARE_JOBS) --convergence \
-		--output output/compare/synthetic-convergence
+		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--output output/compare/synthetic-conv$(CONVERGENCE_ITER)
 
 ## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
 figures: setup
