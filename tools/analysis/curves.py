@@ -137,11 +137,12 @@ def plot_curves(curves: Dict[str, dict], path: str, title: str, caption: str) ->
 
 
 def add_arguments(parser) -> None:
-    """No options beyond the common ones."""
+    parser.add_argument("--tag", default="", help="file name <suite>_curves_<tag>.png (e.g. "
+                        "the comparison's name; default <suite>_curves.png)")
 
 
 def run(args) -> List[str]:
-    """Draw ``<suite>_curves.png`` from every finished run of the suite."""
+    """Draw ``<suite>_curves[_<tag>].png`` from every finished run of the suite."""
     curves, missing, unfinished = read_curves(args.suite, args.compare_dir)
     if unfinished:
         print(f"curves: unfinished runs (training, failed or of another config), not drawn: "
@@ -156,7 +157,8 @@ def run(args) -> List[str]:
         print(f"curves: no runs of {', '.join(missing)} in {relpath(args.compare_dir)} "
               f"(not drawn)")
     seeds = sorted({s for c in curves.values() for s in c["seeds"]})
-    path = os.path.join(args.out, f"{args.suite}_curves.png")
+    tag = getattr(args, "tag", "")
+    path = os.path.join(args.out, f"{args.suite}_curves{'_' + tag if tag else ''}.png")
     caption = (
         f"Total training loss (detectron2's metrics.json, median over its 20-iteration window) "
         f"of the comparison runs in {relpath(args.compare_dir)}: mean over seeds "
