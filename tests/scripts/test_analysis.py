@@ -296,7 +296,8 @@ def test_curves_figure_and_missing_runs(tmp_path):
     # `all` skips the missing ones and still draws the curves
     written = main(["all", "--suite", "synthetic", "--compare-dir", str(cmp), "--out",
                     str(tmp_path / "fig2")])
-    assert [os.path.basename(p) for p in written] == ["synthetic_curves.png"]
+    assert [os.path.basename(p) for p in written] == ["synthetic_curves.png",
+                                                      "synthetic_val_annotations.png"]
 
 
 def test_no_runs_at_all_names_the_comparison_command(tmp_path):
