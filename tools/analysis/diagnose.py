@@ -257,8 +257,8 @@ def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str]
     keys = sorted({k for n in names for s in stats[n] for k in s["training"]})
     for k in keys:
         lines.append(f"| training, last fifth: {k} | " + " | ".join(
-            f"{_mean(s['training'].get(k, float('nan')) for s in stats[n]):.3f}"
-            for n in names) + " |")
+            f"{_mean(s['training'][k] for s in stats[n]):.3f}"
+            if all(k in s["training"] for s in stats[n]) else "-" for n in names) + " |")
     md = "\n".join(lines) + "\n"
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
