@@ -428,7 +428,8 @@ def test_roi_mask_losses_are_the_per_roi_terms_of_detectrons_mask_loss(agnostic)
     from balanced_det.modeling.mask_head import roi_mask_losses
 
     inst = _mask_instances()
-    logits = torch.randn(6, 1 if agnostic else C, 28, 28, generator=torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(6, 1 if agnostic else C, 28, 28, generator=g)
     per_roi = roi_mask_losses(logits, inst)
     assert per_roi.shape == (6,)
     with EventStorage(0):

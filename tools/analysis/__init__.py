@@ -49,7 +49,8 @@ trains it.
 ==================  ==========================================================================
 
 Modules: :mod:`.runs` (finished runs, configs, checkpoints, captions), one module per figure
-(:mod:`.samplers`, :mod:`.dw`, :mod:`.sampling_free`, :mod:`.curves`, :mod:`.diagnose`: its data, its plot and
+(:mod:`.samplers`, :mod:`.dw`, :mod:`.sampling_free`, :mod:`.curves`, :mod:`.diagnose`,
+:mod:`.annotations`: its data, its plot and
 its ``run(args)``), the command line in ``__main__``.
 """
 import matplotlib

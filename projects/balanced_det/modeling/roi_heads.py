@@ -27,7 +27,8 @@ from detectron2.modeling.roi_heads import (ROI_HEADS_REGISTRY, StandardROIHeads,
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Boxes, Instances, pairwise_iou
 
-from ..ops import aligned_iou, eql_loss, eql_roi_losses, softmax_prior_bias, tail_classes, usw_features
+from ..ops import (aligned_iou, eql_loss, eql_roi_losses, softmax_prior_bias, tail_classes,
+                   usw_features)
 from ..stats import ClassFrequencyPart
 from ..utils.checks import check_choice, check_int, check_plugin, check_range
 from ..utils.events import put_tensor_scalars
