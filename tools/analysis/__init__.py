@@ -44,7 +44,7 @@ trains it.
                     GT, scores of true and unmatched detections, score-IoU correlation,
                     FCOS-family positives per GT and level (DW: bag size, weight mass,
                     effective positives), loss and gradient-norm ends of training (table +
-                    figure, ``<suite>_diagnosis_<baseline>.{md,png}``).
+                    figure, ``<suite>_diagnosis_<methods>.{md,png}``).
 ``all``             all of the above, skipping (with the reason) figures whose runs are missing.
 ==================  ==========================================================================
 

@@ -308,7 +308,7 @@ def run(args) -> List[str]:
             for seed in args.seeds]
     stats = diagnose_runs(refs, args.score_thresh, args.device, args.max_images)
     descs = {r.name: r.desc for r in refs}
-    stem = os.path.join(args.out, f"{args.suite}_diagnosis_{args.runs[0]}")
+    stem = os.path.join(args.out, f"{args.suite}_diagnosis_{'_'.join(args.runs[1:] or args.runs)}")
     command = (f"python tools/analysis.py diagnose --suite {args.suite} --runs "
                f"{' '.join(args.runs)} --seeds {' '.join(map(str, args.seeds))}")
     header = (f"Diagnosis on the {args.suite} validation split, mean over seeds "
