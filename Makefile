@@ -41,7 +41,7 @@ compare-quick: setup
 		--max-iter 60 --eval-points 5 --jobs 2 --output output/compare/quick
 
 ## compare-demo-pair: the 3-seed comparison behind `make demo`'s reading (FCOS vs DW-FCOS on the
-## trees, 300 iterations, 3 evaluations each; about 60 minutes on 2 cores), trained into
+## trees, 300 iterations, 3 evaluations each; 6 runs of about 9 minutes each, 2 at a time), into
 ## output/compare/trees-demo/. The committed runs (docs/results/runs/trees-demo/) came from
 ## this command with --records docs/results/runs/trees-demo.
 compare-demo-pair: setup
@@ -50,7 +50,7 @@ compare-demo-pair: setup
 
 ## convergence: the schedule length at which each baseline (FCOS, RetinaNet, Faster R-CNN)
 ## stops improving (mean AP over 3 seeds gains < 0.5 between two evaluations), per dataset;
-## CONVERGENCE_ITER sets the longest schedule tried. Tables: output/compare/<suite>-convergence/.
+## CONVERGENCE_ITER sets the longest schedule tried. Tables: output/compare/<suite>-conv<N>/.
 CONVERGENCE_ITER ?= 600
 convergence: setup
 	$(PY) tools/compare.py --suite trees --only fcos retinanet faster_rcnn --seeds 0 1 2 \
