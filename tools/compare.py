@@ -33,6 +33,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -144,12 +145,17 @@ def is_done(run_dir: str, key: dict) -> bool:
 def copy_record(src: str, dst: str) -> None:
     """Copy the :data:`RECORD_FILES` a run folder has from ``src`` to ``dst``, the run key
     last (a folder with the key is complete)."""
-    import shutil
-
     os.makedirs(dst, exist_ok=True)
     for name in RECORD_FILES[1:] + RECORD_FILES[:1]:
         if os.path.exists(os.path.join(src, name)):
             shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+
+
+def set_aside(run_dir: str) -> None:
+    """Move an unfinished or different earlier run out of the way, kept as
+    ``<run_dir>.previous-<time>``."""
+    if os.path.exists(run_dir):
+        os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
 
 
 def last_error_line(log_path: str) -> str:
@@ -398,8 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         key = run_key(cfg, seed, args.max_iter, extra)
         record = os.path.join(args.records, name, f"seed{seed}") if args.records else None
         if record and not is_done(run_dir, key) and is_done(record, key):
-            if os.path.exists(run_dir):
-                os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+            set_aside(run_dir)
             copy_record(record, run_dir)  # recorded elsewhere: not trained again
         if not is_done(run_dir, key):
             todo.append((cfg, run_dir, seed, record))
@@ -411,8 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
 
     def work(item):
         cfg, run_dir, seed, record = item
-        if os.path.exists(run_dir):  # an unfinished or different earlier run: keep it, start clean
-            os.replace(run_dir, f"{run_dir}.previous-{time.strftime('%Y%m%d-%H%M%S')}")
+        set_aside(run_dir)  # an unfinished or different earlier run: keep it, start clean
         os.makedirs(run_dir)
         try:
             run_one(cfg, run_dir, seed, args.max_iter, extra,
