@@ -368,3 +368,74 @@ def test_annotations_figure(tmp_path):
 
     path = annotations.plot_annotations("synthetic_tiny_val", str(tmp_path / "a.png"), "caption")
     assert os.path.getsize(path) > 0
+
+
+# ---- gradients -------------------------------------------------------------------------------
+def _retinanet_batch(config, tmp_path):
+    from balanced_det.data import get_detection_dataset_dicts
+
+    cfg = tiny_cfg(os.path.join(SYN, config), tmp_path / "g")
+    model, _ = runs.load_model(cfg, None)
+    dicts = get_detection_dataset_dicts("synthetic_tiny_train", filter_empty=False)[:2]
+    return model, [dw.mapped_image(cfg, d) for d in dicts]
+
+
+def test_gradients_of_focal_loss_follow_its_derivative(tmp_path):
+    from tools.analysis import gradients
+
+    model, items = _retinanet_batch("retinanet_effnet_lite0_FPN.py", tmp_path)
+    e = gradients.element_gradients(model, items)
+    n_valid = e["g"].size
+    assert n_valid > 0 and e["positive"].any() and (~e["positive"]).any()
+    # |d/dx of -a_t (1 - p_t)^gamma log p_t| with 1 - p_t = g: a_t g^gamma (g - gamma (1-g) log(1-g))
+    g = e["g"].astype(np.float64)
+    a = np.where(e["positive"], model.focal_loss_alpha, 1 - model.focal_loss_alpha)
+    gamma = model.focal_loss_gamma
+    expected = a * g ** gamma * (g - gamma * (1 - g) * np.log1p(-g))
+    np.testing.assert_allclose(e["grad"] / e["grad"].sum(), expected / expected.sum(),
+                               rtol=2e-3, atol=1e-9)
+    s = gradients.summarise([e], len(items))
+    assert sum(s["hist_pos"]) + sum(s["hist_neg"]) == n_valid
+    assert sum(s["count_pos"]) * len(items) == pytest.approx(e["positive"].sum())
+    assert sum(s["share_pos"]) + sum(s["share_neg"]) == pytest.approx(1.0)
+    assert sum(s["grad_pos"]) == pytest.approx(sum(s["share_pos"]))
+
+
+def test_gradient_summary_hand_values():
+    from tools.analysis import gradients
+
+    e = {"g": np.array([0.05, 0.5, 0.95, 0.4, 0.35, 1.0], dtype=np.float32),
+         "positive": np.array([True, True, False, False, False, False]),
+         "grad": np.array([1.0, 1.0, 2.0, 4.0, 2.0, 0.0], dtype=np.float32),
+         "far": np.array([False, False, True, False, True, True])}
+    s = gradients.summarise([e], num_images=2)
+    assert s["count_pos"] == [0.5, 0.0, 0.5, 0.0, 0.0]
+    assert s["count_neg"] == [0.0, 0.0, 1.0, 0.0, 1.0]  # g = 1.0 is in the last range
+    np.testing.assert_allclose(s["share_pos"], [0.1, 0.0, 0.1, 0.0, 0.0])
+    np.testing.assert_allclose(s["share_neg"], [0.0, 0.0, 0.6, 0.0, 0.2])
+    assert s["hard_neg_far"] == pytest.approx(3 / 4)  # of the negatives with g >= 0.3
+    assert s["hist_neg"][28] == 1 and s["hist_neg"][29] == 1 and s["hist_neg"][12] == 1
+    assert sum(s["grad_neg"]) == pytest.approx(0.8)
+
+
+def test_gradients_of_ghm_c_give_every_bin_the_same_weight(tmp_path):
+    from tools.analysis import gradients
+
+    model, items = _retinanet_batch("ghm_retinanet_effnet_lite0_FPN.py", tmp_path)
+    assert int(model.cls_loss.updates.sum()) == 0  # fresh EMA: the density is this batch's count
+    e = gradients.element_gradients(model, items)
+    assert int(model.cls_loss.updates.sum()) == 0  # eval mode: the EMA is not changed
+    s = gradients.summarise([e], len(items))
+    # each non-empty bin has total weight tot / n, so its gradient share is its mean g over the
+    # sum of the bins' mean g (BCE: |dL/dx| = w g)
+    b = np.clip(np.floor(e["g"].astype(np.float64) * gradients.BINS), 0, gradients.BINS - 1)
+    means = np.array([e["g"][b == k].mean() if (b == k).any() else 0.0
+                      for k in range(gradients.BINS)])
+    share = np.array(s["grad_pos"]) + np.array(s["grad_neg"])
+    np.testing.assert_allclose(share, means / means.sum(), rtol=1e-4, atol=1e-7)
+    stats = {"retinanet": [s], "ghm_retinanet": [s]}
+    descs = {"retinanet": "RetinaNet", "ghm_retinanet": "GHM"}
+    md = gradients.write_table(stats, descs, str(tmp_path / "g.md"), "header")
+    assert "| all positives |" in md and md.count("| negatives [") == len(gradients.RANGES)
+    path = gradients.plot_gradients(stats, descs, str(tmp_path / "g.png"), "caption")
+    assert os.path.getsize(path) > 0

@@ -6,6 +6,7 @@
     python tools/analysis.py sampling_free --suite trees       # confidence shifting + thresholds
     python tools/analysis.py curves --suite synthetic          # training curves of all runs
     python tools/analysis.py diagnose --suite trees --runs fcos dw_fcos   # method vs baseline
+    python tools/analysis.py gradients --suite trees --runs retinanet ghm_retinanet
 
 (``python -m tools.analysis ...`` from the repository root is the same.) The figures read the
 runs that ``python tools/compare.py --suite <suite>`` writes to
@@ -45,12 +46,18 @@ trains it.
                     FCOS-family positives per GT and level (DW: bag size, weight mass,
                     effective positives), loss and gradient-norm ends of training (table +
                     figure, ``<suite>_diagnosis_<methods>.{md,png}``).
+``gradients``       RetinaNet family (``--runs``, ``--seeds``): the valid (anchor, class)
+                    elements of the training split by GHM's gradient norm ``g = |p - y|``,
+                    positives and negatives apart, and the share of each model's own
+                    classification-loss gradient that each range of ``g`` receives; the share
+                    of hard negatives on anchors that overlap no labelled box (table + figure,
+                    ``<suite>_gradients_<runs>.{md,png}``).
 ``all``             all of the above, skipping (with the reason) figures whose runs are missing.
 ==================  ==========================================================================
 
 Modules: :mod:`.runs` (finished runs, configs, checkpoints, captions), one module per figure
 (:mod:`.samplers`, :mod:`.dw`, :mod:`.sampling_free`, :mod:`.curves`, :mod:`.diagnose`,
-:mod:`.annotations`: its data, its plot and
+:mod:`.gradients`, :mod:`.annotations`: its data, its plot and
 its ``run(args)``), the command line in ``__main__``.
 """
 import matplotlib

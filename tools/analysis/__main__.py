@@ -8,7 +8,7 @@ from typing import List, Optional, Sequence
 from tqdm import tqdm
 
 from . import __doc__ as PACKAGE_DOC
-from . import annotations, curves, diagnose, dw, samplers, sampling_free
+from . import annotations, curves, diagnose, dw, gradients, samplers, sampling_free
 from ..compare import SUITES
 from .runs import ROOT, MissingRunError, default_compare_dir, relpath
 
@@ -21,6 +21,8 @@ FIGURES = {
     "annotations": (annotations, "the GT boxes of the busiest validation image", False),
     "diagnose": (diagnose, "detections, positives per GT and training ends of a method vs "
                  "its baseline", False),
+    "gradients": (gradients, "classification gradient by GHM's gradient norm, positives and "
+                  "negatives apart (RetinaNet family)", False),
 }
 
 
