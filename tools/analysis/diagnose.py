@@ -35,7 +35,8 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from .dw import mapped_image
-from .runs import RunRef, check_runs, finish_figure, load_model, load_run_config, relpath
+from .runs import (RunRef, check_runs, finish_figure, load_model, load_run_config, relpath,
+                   write_markdown)
 
 __all__ = ["match_detections", "detection_statistics", "positives_per_gt", "training_tail",
            "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
@@ -259,11 +260,7 @@ def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str]
         lines.append(f"| training, last fifth: {k} | " + " | ".join(
             f"{_mean(s['training'][k] for s in stats[n]):.3f}"
             if all(k in s["training"] for s in stats[n]) else "-" for n in names) + " |")
-    md = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(md)
-    return md
+    return write_markdown(lines, path)
 
 
 def plot_diagnosis(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str], path: str,

@@ -34,7 +34,8 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from .dw import mapped_image
-from .runs import RunRef, check_runs, finish_figure, load_model, load_run_config, relpath
+from .runs import (RunRef, check_runs, finish_figure, load_model, load_run_config, relpath,
+                   write_markdown)
 
 __all__ = ["RANGES", "BINS", "classification_loss", "element_gradients", "gradient_statistics", "summarise",
            "write_table", "plot_gradients"]
@@ -165,11 +166,7 @@ def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str]
                  f"(IoU < {FAR_IOU}) | " + " | ".join(
                      f"- | {_percent([s['hard_neg_far'] for s in stats[n]])}" for n in names)
                  + " |")
-    md = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(md)
-    return md
+    return write_markdown(lines, path)
 
 
 def plot_gradients(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str], path: str,
