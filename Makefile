@@ -50,7 +50,7 @@ compare-demo-pair: setup
 		--eval-points 3 --jobs $(COMPARE_JOBS) --output output/compare/trees-demo
 
 ## convergence: the schedule length at which each baseline (FCOS, RetinaNet, Faster R-CNN)
-## stops improving (mean AP over 3 seeds gains < 0.5 between two evaluations), per dataset;
+## stops improving (the first evaluation that no later one exceeds by 0.5 AP, mean over 3 seeds), per dataset;
 ## CONVERGENCE_ITER sets the longest schedule tried. Tables: output/compare/<suite>-conv<N>/.
 CONVERGENCE_ITER ?= 600
 convergence: setup

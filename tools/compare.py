@@ -237,23 +237,25 @@ def read_ap_curve(run_dir: str) -> Dict[int, float]:
 
 
 def convergence_point(curves: Sequence[Dict[int, float]], min_gain: float = MIN_GAIN) -> dict:
-    """Where the mean AP curve over seeds stops improving: the first evaluation whose mean AP
-    exceeds the previous evaluation's by less than ``min_gain`` (iterations evaluated by
-    every seed).
+    """Where the mean AP curve over seeds stops improving: the first evaluation that no later
+    evaluation exceeds by ``min_gain`` or more (iterations evaluated by every seed; a dip
+    followed by a rise is not a plateau).
 
     Returns ``{"n", "iterations", "mean_ap", "converged_at"}`` (``converged_at`` None when
-    every evaluation still gained ``min_gain`` or more, or fewer than 2 evaluations)."""
+    the last evaluation still gained ``min_gain`` or more on every earlier one, or fewer than 2
+    evaluations)."""
     curves = [c for c in curves if c]
     its = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
     mean_ap = [statistics.mean(c[i] for c in curves) for i in its]
-    at = next((its[k] for k in range(1, len(its)) if mean_ap[k] - mean_ap[k - 1] < min_gain), None)
+    at = next((its[k] for k in range(len(its) - 1) if max(mean_ap[k + 1:]) - mean_ap[k] < min_gain),
+              None)
     return {"n": len(curves), "iterations": its, "mean_ap": mean_ap, "converged_at": at}
 
 
 def write_convergence(out: str, rows: List[dict], family_of: Callable[[str], str] = family) -> str:
     """``convergence.md``: per config, the mean AP at each evaluation and where it converged."""
     lines = [f"Schedule length at which the mean AP over seeds stops improving: the first "
-             f"evaluation that adds less than {MIN_GAIN} AP to the previous one "
+             f"evaluation that no later evaluation exceeds by {MIN_GAIN} AP or more "
              f"(needs >= {MIN_SEEDS} seeds). A point inside a longer run is evaluated before that "
              f"run's LR steps: confirm it with a run of that length.", "",
              "| method | role | seeds | AP at iteration | converged at |", "|---|---|---|---|---|"]
@@ -265,7 +267,7 @@ def write_convergence(out: str, rows: List[dict], family_of: Callable[[str], str
         c = convergence_point(list(row["curves"].values()))
         pts = ", ".join(f"{i}: {a:.1f}" for i, a in zip(c["iterations"], c["mean_ap"])) or "-"
         if c["converged_at"] is None:
-            verdict = f"not yet (still +{MIN_GAIN} AP or more at the last evaluation)" \
+            verdict = f"not yet (the last evaluation still +{MIN_GAIN} AP or more)" \
                 if len(c["iterations"]) >= 2 else "fewer than 2 evaluations"
         else:
             verdict = str(c["converged_at"])
@@ -360,7 +362,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                              "ceil(max_iter / N); the last at the end); 1: at the end only")
     parser.add_argument("--convergence", action="store_true",
                         help="also print and write convergence.md: per config, where the mean "
-                             "AP over seeds stops improving (gain < 0.5 AP)")
+                             "AP over seeds stops improving (no later gain of 0.5 AP)")
     parser.add_argument("--output", help="default: output/compare/<suite>")
     parser.add_argument("--records", help="keep finished runs' small files here and reuse "
                         "the runs recorded here (a folder under version control)")

@@ -83,14 +83,17 @@ def test_paired_delta_hand_values():
 def test_eval_period_and_convergence_point():
     assert C.eval_period(100, 10) == 10 and C.eval_period(95, 10) == 10
     assert C.eval_period(7, 10) == 1 and C.eval_period(50, 1) == 50
-    # mean AP 2, 6, 8, 8.4 (gains 4, 2, 0.4): converged at 300
+    # mean AP 2, 6, 8, 8.4 (gains 4, 2, 0.4): nothing after 300 adds 0.5 -> converged at 300
     seeds = [{100: 1.0, 200: 5.0, 300: 7.0, 400: 7.5},
              {100: 3.0, 200: 7.0, 300: 9.0, 400: 9.3, 500: 1.0}]  # 500: not every seed
     c = C.convergence_point(seeds)
     assert c["iterations"] == [100, 200, 300, 400]
     assert c["mean_ap"] == pytest.approx([2.0, 6.0, 8.0, 8.4])
-    assert c["converged_at"] == 400 and c["n"] == 2
-    assert C.convergence_point(seeds, min_gain=2.5)["converged_at"] == 300
+    assert c["converged_at"] == 300 and c["n"] == 2
+    assert C.convergence_point(seeds, min_gain=2.5)["converged_at"] == 200  # 8.4 - 6 < 2.5
+    # a dip is not a plateau: 12.4, 10.7, 13.2, 13.2 converges at 500, not at 400
+    dip = [{300: 12.4, 400: 10.7, 500: 13.2, 600: 13.2}]
+    assert C.convergence_point(dip)["converged_at"] == 500
     assert C.convergence_point([{10: 1.0, 20: 5.0}])["converged_at"] is None
     assert C.convergence_point([])["converged_at"] is None
 
