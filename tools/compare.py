@@ -241,15 +241,24 @@ def convergence_point(curves: Sequence[Dict[int, float]], min_gain: float = MIN_
     evaluation exceeds by ``min_gain`` or more (iterations evaluated by every seed; a dip
     followed by a rise is not a plateau).
 
-    Returns ``{"n", "iterations", "mean_ap", "converged_at"}`` (``converged_at`` None when
-    the last evaluation still gained ``min_gain`` or more on every earlier one, or fewer than 2
-    evaluations)."""
+    Returns ``{"n", "iterations", "mean_ap", "converged_at"}`` (``converged_at`` None when no
+    evaluation before the last is such a point, e.g. the last still gained ``min_gain`` or more,
+    or fewer than 2 evaluations)."""
     curves = [c for c in curves if c]
     its = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
     mean_ap = [statistics.mean(c[i] for c in curves) for i in its]
     at = next((its[k] for k in range(len(its) - 1) if max(mean_ap[k + 1:]) - mean_ap[k] < min_gain),
               None)
     return {"n": len(curves), "iterations": its, "mean_ap": mean_ap, "converged_at": at}
+
+
+def write_markdown(lines: Sequence[str], path: str) -> str:
+    """Write ``lines`` (one Markdown line each) to ``path``, making its folder; the text."""
+    md = "\n".join(lines) + "\n"
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(md)
+    return md
 
 
 def write_convergence(out: str, rows: List[dict], family_of: Callable[[str], str] = family) -> str:
@@ -274,10 +283,7 @@ def write_convergence(out: str, rows: List[dict], family_of: Callable[[str], str
         if c["n"] < MIN_SEEDS:
             verdict += f" (n = {c['n']} < {MIN_SEEDS} seeds)"
         lines.append(f"| {row['desc']} | {role} | {c['n']} | {pts} | {verdict} |")
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "convergence.md"), "w") as f:
-        f.write(md)
-    return md
+    return write_markdown(lines, os.path.join(out, "convergence.md"))
 
 
 def read_run(out: str) -> Dict[str, float]:
@@ -334,9 +340,7 @@ def write_tables(out: str, rows: List[dict], seeds: Sequence[int], header: str,
         lines.append(f"| {row['desc']} | " + " | ".join(cells) +
                      f" | {row['s_per_iter'][0]:.2f} | {row['peak_mem_mb'][0]:.0f} | " +
                      ("baseline | - |" if d is None else f"{format_delta(d)} | {d['reading']} |"))
-    md = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(md)
+    md = write_markdown(lines, os.path.join(out, "results.md"))
     with open(os.path.join(out, "results.csv"), "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["method", "config", "seeds"] + [f"{m}_{s}" for m in COLUMNS

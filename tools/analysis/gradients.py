@@ -99,7 +99,7 @@ def summarise(elements: Sequence[Dict[str, np.ndarray]], num_images: int) -> Dic
     pos = np.concatenate([e["positive"] for e in elements])
     grad = np.concatenate([e["grad"] for e in elements]).astype(np.float64)
     far = np.concatenate([e["far"] for e in elements])
-    total = grad.sum() if grad.sum() > 0 else 1.0
+    total = grad.sum() or 1.0  # no gradient at all: every share 0
     out: Dict[str, object] = {"images": num_images, "ranges": [list(r) for r in RANGES]}
     for side, mask in (("pos", pos), ("neg", ~pos)):
         counts, shares = [], []

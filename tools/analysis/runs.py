@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 from balanced_det.config import load_config
 from detectron2.config import instantiate
 
-from ..compare import ROOT, SUITES, is_done
+from ..compare import ROOT, SUITES, is_done, write_markdown
 
 __all__ = ["ROOT", "MissingRunError", "RunRef", "check_runs", "default_compare_dir", "suite_entry",
            "compare_command", "suite_config", "load_run_config", "load_model",
@@ -155,15 +155,6 @@ def validation_dataset_name(cfg) -> str:
     """The (first) dataset of ``cfg.dataloader.test``."""
     names = cfg.dataloader.test.dataset.names
     return names if isinstance(names, str) else list(names)[0]
-
-
-def write_markdown(lines: Sequence[str], path: str) -> str:
-    """Write ``lines`` (one Markdown line each) to ``path``, making its folder; the text."""
-    md = "\n".join(lines) + "\n"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(md)
-    return md
 
 
 def finish_figure(fig, caption: str, path: str) -> str:
