@@ -55,6 +55,8 @@ SUITES: Dict[str, List[Tuple[str, str, str]]] = {
         ("sampling_free_fcos", "configs/Trees/sampling_free_fcos_effnet_lite0_FPN.py", "Sampling-Free FCOS"),
         ("retinanet", "configs/Trees/retinanet_effnet_lite0_FPN.py", "RetinaNet (focal)"),
         ("ghm_retinanet", "configs/Trees/ghm_retinanet_effnet_lite0_FPN.py", "GHM RetinaNet"),
+        ("ghm_per_level_retinanet", "configs/Trees/ghm_per_level_retinanet_effnet_lite0_FPN.py",
+         "GHM RetinaNet, losses per FPN level"),
         ("pisa_retinanet", "configs/Trees/pisa_retinanet_effnet_lite0_FPN.py", "PISA RetinaNet"),
         ("libra_retinanet", "configs/Trees/libra_retinanet_effnet_lite0_FPN.py", "Libra RetinaNet"),
         ("sampling_free_retinanet", "configs/Trees/sampling_free_retinanet_effnet_lite0_FPN.py", "Sampling-Free RetinaNet"),

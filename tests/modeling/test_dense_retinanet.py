@@ -10,7 +10,8 @@ from fvcore.nn import sigmoid_focal_loss
 from detectron2.layers import cat
 from detectron2.utils.events import EventStorage
 
-from balanced_det.modeling import CARL, BalancedL1Loss, GHMCLoss, GuidedLoss, ISRPWeighting
+from balanced_det.modeling import (CARL, BalancedL1Loss, GHMCLoss, GHMRLoss, GuidedLoss,
+                                   ISRPWeighting)
 from balanced_det.ops import (
     GHMC,
     GHMR,
@@ -137,6 +138,51 @@ def test_ghm_one_ema_update_per_iteration_over_all_levels():
     fresh = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm")
     fresh.load_state_dict(sd)
     torch.testing.assert_close(fresh.cls_loss.acc_sum, model.cls_loss.acc_sum)
+
+
+def test_ghm_per_level_is_the_sum_of_one_call_per_level_in_order():
+    """per_level=True (mmdetection's call): loss = sum over FPN levels of a GHM call on the
+    level's anchors of all images, the EMA updated after each level (reference: independent
+    GHMC / GHMR modules called level by level)."""
+    torch.manual_seed(0)
+    model = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm").train()
+    model.cls_loss = GHMCLoss(per_level=True)
+    model.box_reg_loss = GHMRLoss(per_level=True)
+    d = _dense_inputs(model, batch(TWO_IMAGES))
+    with EventStorage(0):
+        out = _losses(model, d)
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    valid = labels >= 0
+    pos = valid & (labels < C)
+    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
+    anchors = cat([a.tensor for a in d["anchors"]])
+    gt_boxes = torch.stack(d["gt_boxes"])
+    safe = torch.where(pos[..., None], gt_boxes, anchors.expand_as(gt_boxes))
+    gt_deltas = encode_box_deltas(anchors.expand_as(gt_boxes), safe, (1.0, 1.0, 1.0, 1.0))
+    ghmc = GHMC(bins=30, momentum=0.75).train()
+    ghmr = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0).train()
+    ref_cls, ref_box, start, levels_with_pos = 0.0, 0.0, 0, 0
+    for logits_l, deltas_l in zip(d["pred_logits"], d["pred_anchor_deltas"]):
+        sl = slice(start, start + logits_l.shape[1])
+        start = sl.stop
+        ref_cls = ref_cls + ghmc(logits_l.reshape(-1, C), targets[:, sl].reshape(-1, C),
+                                 valid[:, sl].reshape(-1, 1))
+        ref_box = ref_box + ghmr(deltas_l.reshape(-1, 4), gt_deltas[:, sl].reshape(-1, 4),
+                                 pos[:, sl].reshape(-1))
+        levels_with_pos += int(pos[:, sl].any())
+    assert len(d["pred_logits"]) == 5 and levels_with_pos >= 2
+    torch.testing.assert_close(out["loss_cls"], ref_cls)
+    torch.testing.assert_close(out["loss_box_reg"], ref_box)
+    torch.testing.assert_close(model.cls_loss.acc_sum, ghmc.acc_sum)
+    torch.testing.assert_close(model.box_reg_loss.acc_sum, ghmr.acc_sum)
+    assert torch.equal(model.cls_loss.updates, ghmc.updates)
+    assert int(model.cls_loss.updates.max()) == 5  # one EMA update per level
+    # it is a different loss from the one call over all levels (about 5x the weight)
+    one_call = GHMC(bins=30, momentum=0.75).train()(
+        cat(d["pred_logits"], 1).reshape(-1, C), targets.reshape(-1, C), valid.reshape(-1, 1))
+    assert float(out["loss_cls"].detach()) > 2.0 * float(one_call.detach())
+    assert "per_level=True" in repr(model.cls_loss)
 
 
 # ----------------------------------------------------------------------------- PISA

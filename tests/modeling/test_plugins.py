@@ -178,3 +178,30 @@ def test_former_buffer_names_are_upgraded_when_the_model_has_the_new_ones():
         "roi_heads.box_predictor.class_score_thresholds.values": 1, "cls_loss.acc_sum": 2,
         "class_score_thresholds.values": 3, "unrelated": 4}
     assert upgrade_state_dict({"cls_loss.acc_sum": 5}, model_keys) == {"cls_loss.acc_sum": 5}
+
+
+def test_fcos_calls_a_per_level_loss_once_per_fpn_level():
+    """FCOS hands a ``per_level`` loss each level's points in turn (level-major order), one
+    GHM EMA update per level; without it, one call over all levels."""
+    from balanced_det.modeling import GHMCLoss
+    from helpers_dense import TWO_IMAGES, batch, tiny_fcos
+
+    class Recording(GHMCLoss):
+        def forward(self, logits, targets, weights=None, normalizer=1.0):
+            calls.append(logits.shape[1])
+            return super().forward(logits, targets, weights, normalizer)
+
+    sizes = {}
+    for per_level in (False, True):
+        calls = []
+        torch.manual_seed(0)
+        model = tiny_fcos(cls_loss=Recording(per_level=per_level)).train()
+        with EventStorage(0):
+            losses = model(batch(TWO_IMAGES))
+        assert torch.isfinite(losses["loss_fcos_cls"])
+        sizes[per_level] = calls
+    levels = len(model.head_in_features)
+    assert len(sizes[False]) == 1 and len(sizes[True]) == levels > 1
+    assert sum(sizes[True]) == sizes[False][0]
+    assert sizes[True] == sorted(sizes[True], reverse=True)  # P3 first, coarser levels after
+    assert int(model.cls_loss.updates.max()) == levels

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from balanced_det.modeling.losses import ClassificationLoss, FocalLoss
+from balanced_det.modeling.losses import ClassificationLoss, FocalLoss, call_loss
 from detectron2.layers import cat
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
@@ -81,7 +81,8 @@ def element_gradients(model, items: Sequence[dict]) -> Dict[str, np.ndarray]:
                         c + 1)[..., :c].to(x.dtype)
     normalizer = max(float((valid & (labels != c)).sum()), 1.0)
     with EventStorage(0):  # the losses log scalars
-        loss = classification_loss(model)(x, targets, valid.to(x.dtype)[..., None], normalizer)
+        loss = call_loss(classification_loss(model), [l.shape[1] for l in logits], x, targets,
+                         valid.to(x.dtype)[..., None], normalizer=normalizer)
     (grad,) = torch.autograd.grad(loss, x)
     v = valid[..., None].expand_as(x)
     return {"g": (x.detach().sigmoid() - targets).abs()[v].numpy(),

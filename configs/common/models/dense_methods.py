@@ -47,12 +47,15 @@ def pisa_retinanet(model):
     return model
 
 
-def ghm_retinanet(model):
+def ghm_retinanet(model, per_level=False):
     """GHM: GHM-C classification loss (30 bins, momentum 0.75) instead of focal, GHM-R box
-    loss (mu 0.02, 10 bins, momentum 0.7, weight 10) instead of Smooth L1."""
+    loss (mu 0.02, 10 bins, momentum 0.7, weight 10) instead of Smooth L1. ``per_level``:
+    both losses called once per FPN level, as mmdetection's RetinaNet head does (the sum of
+    the levels' losses, each normalised by its own element count; docs/methods/ghm.md)."""
     balanced_retinanet(model)
-    model.cls_loss = L(GHMCLoss)(bins=30, momentum=0.75, loss_weight=1.0)
-    model.box_reg_loss = L(GHMRLoss)(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0)
+    model.cls_loss = L(GHMCLoss)(bins=30, momentum=0.75, loss_weight=1.0, per_level=per_level)
+    model.box_reg_loss = L(GHMRLoss)(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0,
+                                     per_level=per_level)
     return model
 
 

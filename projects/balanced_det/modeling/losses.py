@@ -12,13 +12,14 @@ Box losses (deltas, or XYXY boxes when ``on_boxes``)::
 
 The element-wise ones (:class:`ElementwiseClassificationLoss`, :class:`ElementwiseBoxLoss`)
 also give per-element losses, which ISR-P and CARL re-weight; GHM-C / GHM-R weight elements
-themselves and keep their own normalisation (``normalizer`` is ignored). Method pages:
-docs/methods/.
+themselves and keep their own normalisation (``normalizer`` is ignored). A loss with
+``per_level = True`` is called once per FPN level by the dense hosts (:func:`call_loss`).
+Method pages: docs/methods/.
 """
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +42,32 @@ __all__ = [
     "ClassificationLoss", "ElementwiseClassificationLoss", "FocalLoss", "SigmoidBCELoss",
     "GHMCLoss", "BoxRegressionLoss", "ElementwiseBoxLoss", "SmoothL1Loss", "BalancedL1Loss",
     "GIoULoss", "GHMRLoss",
-    "CARL", "GuidedLoss", "FocalLossStar", "SoftTargetFocalLoss",
+    "CARL", "GuidedLoss", "FocalLossStar", "SoftTargetFocalLoss", "call_loss",
 ]
 
 Number = Union[float, Tensor]
+
+
+def call_loss(loss: nn.Module, level_sizes: Sequence[int], *args: Tensor,
+              mask: Optional[Tensor] = None, **kwargs) -> Tensor:
+    """``loss(*args, mask=mask, **kwargs)`` on all FPN levels concatenated along dim 1
+    (``N x R x ...``); for a loss with ``per_level = True``, the sum of its calls on each
+    level's slice of ``args`` and ``mask`` (``level_sizes``: anchors per level), as
+    mmdetection's dense heads call their losses. ``mask`` is only passed when given."""
+    if mask is not None:
+        kwargs["mask"] = mask
+    if not getattr(loss, "per_level", False):
+        return loss(*args, **kwargs)
+    sizes = [int(s) for s in level_sizes]
+    split = [a.split(sizes, dim=1) for a in args]
+    masks = mask.split(sizes, dim=1) if mask is not None else [None] * len(sizes)
+    total = None
+    for level, m in enumerate(masks):  # one call per FPN level (5), not per anchor
+        if m is not None:
+            kwargs["mask"] = m
+        part = loss(*(a[level] for a in split), **kwargs)
+        total = part if total is None else total + part
+    return total
 
 
 # ---------------------------------------------------------------------------------------------
@@ -52,6 +75,9 @@ Number = Union[float, Tensor]
 # ---------------------------------------------------------------------------------------------
 class ClassificationLoss(nn.Module, metaclass=ABCMeta):
     """Sigmoid classification loss over ``(..., C)`` logits and 0/1 targets."""
+
+    #: the dense hosts call it once per FPN level (:func:`call_loss`)
+    per_level = False
 
     @abstractmethod
     def forward(self, logits: Tensor, targets: Tensor, weights: Optional[Tensor] = None,
@@ -106,10 +132,16 @@ class SigmoidBCELoss(ElementwiseClassificationLoss):
 class GHMCLoss(GHMC, ClassificationLoss):
     """GHM-C (Li et al. 2019, eq. 8): BCE weighted by the inverse gradient density, divided by
     the number of valid elements; ``weights`` > 0 marks the valid elements (broadcast to the
-    logits), ``normalizer`` is ignored. See docs/methods/ghm.md."""
+    logits), ``normalizer`` is ignored. ``per_level``: the host calls it once per FPN level
+    (mmdetection's call; the EMA is updated once per level). See docs/methods/ghm.md."""
 
-    def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0):
+    def __init__(self, bins: int = 30, momentum: float = 0.75, loss_weight: float = 1.0,
+                 per_level: bool = False):
         super().__init__(bins=bins, momentum=momentum, loss_weight=loss_weight)
+        self.per_level = bool(per_level)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", per_level=True" if self.per_level else "")
 
     def forward(self, logits: Tensor, targets: Tensor, weights: Optional[Tensor] = None,
                 normalizer: Number = 1.0) -> Tensor:
@@ -128,6 +160,8 @@ class BoxRegressionLoss(nn.Module, metaclass=ABCMeta):
 
     #: the host passes decoded XYXY boxes instead of deltas
     on_boxes = False
+    #: the dense hosts call it once per FPN level (:func:`call_loss`)
+    per_level = False
 
     @abstractmethod
     def forward(self, pred: Tensor, target: Tensor, mask: Optional[Tensor] = None,
@@ -206,11 +240,15 @@ class GIoULoss(ElementwiseBoxLoss):
 class GHMRLoss(GHMR, BoxRegressionLoss):
     """GHM-R (Li et al. 2019, eq. 11-12): ASL1 weighted by the inverse gradient density over
     the boxes where ``mask``, divided by ``4 x`` their number (``normalizer`` ignored);
-    see docs/methods/ghm.md."""
+    ``per_level`` as :class:`GHMCLoss`. See docs/methods/ghm.md."""
 
     def __init__(self, mu: float = 0.02, bins: int = 10, momentum: float = 0.7,
-                 loss_weight: float = 10.0):
+                 loss_weight: float = 10.0, per_level: bool = False):
         super().__init__(mu=mu, bins=bins, momentum=momentum, loss_weight=loss_weight)
+        self.per_level = bool(per_level)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", per_level=True" if self.per_level else "")
 
     def forward(self, pred: Tensor, target: Tensor, mask: Optional[Tensor] = None,
                 normalizer: Number = 1.0) -> Tensor:

@@ -26,7 +26,8 @@ from ...ops.points import centerness_target, fcos_assign, fcos_scale_ranges, gri
 from ...utils.checks import check_int, check_plugin, check_range
 from ...utils.events import put_tensor_scalars
 from ...utils.signature import with_base_signature
-from ..losses import BoxRegressionLoss, ClassificationLoss, FocalLoss, GIoULoss, GuidedLoss
+from ..losses import (BoxRegressionLoss, ClassificationLoss, FocalLoss, GIoULoss, GuidedLoss,
+                      call_loss)
 from .dense import BalancedDenseMixin
 
 __all__ = ["FCOS", "DensePointDetector", "flatten_levels", "decode_ltrb"]
@@ -242,6 +243,7 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
             return self.losses(points, strides, predictions, gt_labels, gt_boxes)
 
     def losses(self, points, strides, predictions, gt_labels, gt_boxes) -> Dict[str, Tensor]:
+        level_sizes = [m.shape[2] * m.shape[3] for m in predictions["logits"]]
         logits = flatten_levels(predictions["logits"]).float()  # N x R x C
         ctr_logits = flatten_levels(predictions["quality"]).float()[..., 0]  # N x R
         ltrb = self.box_distances(predictions, strides)
@@ -259,9 +261,10 @@ class FCOS(BalancedDenseMixin, DensePointDetector):
         loss_ctr = (F.binary_cross_entropy_with_logits(ctr_logits, ctr_target, reduction="none")
                     * pos).sum()
         losses = {
-            "loss_fcos_cls": self.cls_loss(logits, target, normalizer=normalizer),
-            "loss_fcos_loc": self.box_reg_loss(pred_boxes, safe_gt, mask=pos,
-                                               normalizer=normalizer),
+            "loss_fcos_cls": call_loss(self.cls_loss, level_sizes, logits, target,
+                                       normalizer=normalizer),
+            "loss_fcos_loc": call_loss(self.box_reg_loss, level_sizes, pred_boxes, safe_gt,
+                                       mask=pos, normalizer=normalizer),
             "loss_fcos_ctr": loss_ctr / normalizer,
         }
         if self.guided_loss is not None:  # L_reg: the mean of the box and centerness losses

@@ -48,6 +48,7 @@ from ..losses import (
     GIoULoss,
     GuidedLoss,
     SmoothL1Loss,
+    call_loss,
 )
 from ..samplers import ISRPWeighting
 from ..usw import SampleWeightingNet
@@ -252,6 +253,7 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
         gt_boxes = (torch.stack(list(gt_boxes)) if not torch.is_tensor(gt_boxes)
                     else gt_boxes).float()
         anchors_t = type(anchors[0]).cat(anchors).tensor.float()  # R x 4
+        level_sizes = [x.shape[1] for x in pred_logits]
         logits = cat(list(pred_logits), dim=1).float()  # N x R x C
         deltas = cat(list(pred_anchor_deltas), dim=1).float()  # N x R x 4
 
@@ -284,7 +286,8 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             loss_cls = losses["loss_cls"]
         else:
             if self.positive_weighting is None:
-                loss_cls = self.cls_loss(logits, targets, anchor_w[..., None], normalizer)
+                loss_cls = call_loss(self.cls_loss, level_sizes, logits, targets,
+                                     anchor_w[..., None], normalizer=normalizer)
             else:
                 if matched_gt_idxs is None or num_gts is None:
                     raise ValueError("positive_weighting needs matched_gt_idxs and num_gts "
@@ -306,9 +309,11 @@ class BalancedRetinaNet(BalancedDenseMixin, RetinaNet):
             if self.box_reg_loss.on_boxes:
                 pred_boxes = self.box2box_transform.apply_deltas(
                     deltas.reshape(-1, 4), anchors_t.repeat(num_images, 1)).reshape_as(deltas)
-                loss_box = self.box_reg_loss(pred_boxes, safe_gt, mask=pos, normalizer=normalizer)
+                loss_box = call_loss(self.box_reg_loss, level_sizes, pred_boxes, safe_gt,
+                                     mask=pos, normalizer=normalizer)
             else:
-                loss_box = self.box_reg_loss(deltas, gt_deltas, mask=pos, normalizer=normalizer)
+                loss_box = call_loss(self.box_reg_loss, level_sizes, deltas, gt_deltas,
+                                     mask=pos, normalizer=normalizer)
             losses = {"loss_cls": loss_cls, "loss_box_reg": loss_box}
 
         # ---- PISA CARL
