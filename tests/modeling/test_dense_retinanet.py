@@ -100,6 +100,21 @@ def test_normalizer_is_a_buffer_without_host_sync(monkeypatch):
 
 
 # ----------------------------------------------------------------------------- GHM
+def _ghm_targets(model, d):
+    """Valid / positive anchors (N, R), one-hot targets (N, R, C) and target deltas (N, R, 4)
+    of the labelled batch ``d``, written out here."""
+    C = model.num_classes
+    labels = torch.stack(d["gt_labels"])
+    valid = labels >= 0
+    pos = valid & (labels < C)
+    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
+    anchors = cat([a.tensor for a in d["anchors"]])
+    gt_boxes = torch.stack(d["gt_boxes"])
+    safe = torch.where(pos[..., None], gt_boxes, anchors.expand_as(gt_boxes))
+    gt_deltas = encode_box_deltas(anchors.expand_as(gt_boxes), safe, (1.0, 1.0, 1.0, 1.0))
+    return valid, pos, targets, gt_deltas
+
+
 def test_ghm_one_ema_update_per_iteration_over_all_levels():
     torch.manual_seed(0)
     model = tiny_retinanet(cls_loss_type="ghm", box_reg_loss_type="ghm").train()
@@ -110,18 +125,11 @@ def test_ghm_one_ema_update_per_iteration_over_all_levels():
     assert int(model.cls_loss.updates.max()) == 1 and int(model.box_reg_loss.updates.max()) == 1
     # equal to one GHM-C / GHM-R call over all levels and images concatenated
     C = model.num_classes
-    labels = torch.stack(d["gt_labels"])
-    valid = labels >= 0
-    pos = valid & (labels < C)
+    valid, pos, targets, gt_deltas = _ghm_targets(model, d)
     logits = cat(d["pred_logits"], 1)
-    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
     ghmc = GHMC(bins=30, momentum=0.75).train()
     ref_cls = ghmc(logits.reshape(-1, C), targets.reshape(-1, C), valid.reshape(-1, 1))
     torch.testing.assert_close(out["loss_cls"], ref_cls)
-    anchors = cat([a.tensor for a in d["anchors"]])
-    gt_boxes = torch.stack(d["gt_boxes"])
-    safe = torch.where(pos[..., None], gt_boxes, anchors.expand_as(gt_boxes))
-    gt_deltas = encode_box_deltas(anchors.expand_as(gt_boxes), safe, (1.0, 1.0, 1.0, 1.0))
     ghmr = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0).train()
     ref_box = ghmr(cat(d["pred_anchor_deltas"], 1).reshape(-1, 4), gt_deltas.reshape(-1, 4),
                    pos.reshape(-1))
@@ -152,14 +160,7 @@ def test_ghm_per_level_is_the_sum_of_one_call_per_level_in_order():
     with EventStorage(0):
         out = _losses(model, d)
     C = model.num_classes
-    labels = torch.stack(d["gt_labels"])
-    valid = labels >= 0
-    pos = valid & (labels < C)
-    targets = F.one_hot(torch.where(valid, labels, C), C + 1)[..., :C].float()
-    anchors = cat([a.tensor for a in d["anchors"]])
-    gt_boxes = torch.stack(d["gt_boxes"])
-    safe = torch.where(pos[..., None], gt_boxes, anchors.expand_as(gt_boxes))
-    gt_deltas = encode_box_deltas(anchors.expand_as(gt_boxes), safe, (1.0, 1.0, 1.0, 1.0))
+    valid, pos, targets, gt_deltas = _ghm_targets(model, d)
     ghmc = GHMC(bins=30, momentum=0.75).train()
     ghmr = GHMR(mu=0.02, bins=10, momentum=0.7, loss_weight=10.0).train()
     ref_cls, ref_box, start, levels_with_pos = 0.0, 0.0, 0, 0
