@@ -18,7 +18,8 @@ interrupted comparison resumes where it stopped. Outputs: ``<out>/results.md``,
 ``--convergence``, ``<out>/convergence.md``.
 
 ``--records DIR`` keeps a copy of each finished run's small files (:data:`RECORD_FILES`: the
-run key, final and per-evaluation AP, metrics; no checkpoints) in ``DIR/<name>/seed<k>/``, a
+run key, final and per-evaluation AP, metrics, the final model's validation detections; no
+checkpoints) in ``DIR/<name>/seed<k>/``, a
 folder meant for version control, and restores a recorded run instead of training it again:
 a long comparison can then span machines and sessions (the README's runs are in
 ``docs/results/runs/``).
@@ -92,7 +93,8 @@ COLUMNS = METRICS + GROUP_METRICS + ("mask_AP", "s_per_iter", "peak_mem_mb")
 EVAL_HISTORY = "eval_history.json"  # written by balanced_det.engine.do_train
 RUN_KEY_FILE = "compare_run.json"
 # what a table, a curve and the loss figures need of a finished run (not its checkpoints)
-RECORD_FILES = (RUN_KEY_FILE, "eval_results.json", EVAL_HISTORY, "metrics.json")
+DETECTIONS = "val_detections.json.gz"  # balanced_det.evaluation.coco.DETECTIONS_FILE
+RECORD_FILES = (RUN_KEY_FILE, "eval_results.json", EVAL_HISTORY, "metrics.json", DETECTIONS)
 MIN_SEEDS = 3  # fewest paired seeds for a reading of ΔAP or a convergence point
 MIN_GAIN = 0.5  # AP: a schedule has converged when its last evaluation added less
 # Two-sided 95 % quantiles of Student's t, t_{0.975}(df), df = 1..30.

@@ -11,6 +11,7 @@ import os
 import pytest
 
 
+from balanced_det.evaluation.coco import DETECTIONS_FILE, write_detections
 from tools import compare as C
 
 BASE = "configs/Synthetic/retinanet_effnet_lite0_FPN.py"
@@ -41,7 +42,13 @@ def _fake_run_one(calls, fail=()):
             for it in range(10):
                 f.write(json.dumps({"iteration": it, "time": 0.5 + 0.01 * seed,
                                     "peak_mem_mb": 100.0 + it}) + "\n")
+        write_detections(os.path.join(out, C.DETECTIONS),
+                         [{"image_id": 1, "category_id": 1, "bbox": [0, 0, 5, 5], "score": 0.5}])
     return run_one
+
+
+def test_records_name_the_detections_file_the_evaluation_writes():
+    assert C.DETECTIONS == DETECTIONS_FILE and C.DETECTIONS in C.RECORD_FILES
 
 
 def test_mean_std_and_family():

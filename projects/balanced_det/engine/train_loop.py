@@ -24,6 +24,7 @@ from detectron2.utils import comm
 from ..compat import known_warnings_ignored
 from ..data.cache import atomic_write_json
 from ..data.samplers import ResumableTrainingSampler
+from ..evaluation.coco import DETECTIONS_FILE, write_detections
 from ..stats import prepare_model_with_dataset_stats
 from .checkpoint import Checkpointer
 from .launch import create_ddp_model
@@ -63,7 +64,9 @@ def build_model(cfg, with_dataset_stats: bool = True) -> torch.nn.Module:
 
 def do_test(cfg, model) -> Dict[str, Any]:
     """Run the evaluator of ``cfg.dataloader`` on ``cfg.dataloader.test``; write
-    ``<output_dir>/eval_results.json`` (atomically) and return the results."""
+    ``<output_dir>/eval_results.json`` and, for COCO box evaluation, the detections
+    (``val_detections.json.gz``, :func:`~balanced_det.evaluation.coco.write_detections`)
+    (atomically) and return the results."""
     if "evaluator" not in cfg.dataloader:
         return {}
     evaluator = instantiate(cfg.dataloader.evaluator)
@@ -74,6 +77,8 @@ def do_test(cfg, model) -> Dict[str, Any]:
         out = cfg_get(cfg, "train.output_dir")
         if out:
             atomic_write_json(os.path.join(out, "eval_results.json"), results, indent=2)
+            if getattr(evaluator, "coco_results", None) is not None:
+                write_detections(os.path.join(out, DETECTIONS_FILE), evaluator.coco_results)
     return results
 
 
