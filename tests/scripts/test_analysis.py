@@ -363,6 +363,36 @@ def test_diagnosis_of_a_dw_model_table_and_figure(tmp_path):
     assert os.path.getsize(path) > 0
 
 
+def test_diagnosis_from_saved_detections_equals_the_model_pass(tmp_path):
+    """A run restored from its record (no checkpoint) is diagnosed from the detections its last
+    evaluation saved: the same detection statistics as running its final model again."""
+    from balanced_det.engine import do_train
+    from tools.analysis import diagnose
+
+    out = tmp_path / "run"
+    cfg = tiny_cfg(os.path.join(SYN, "fcos_effnet_lite0_FPN.py"), out)
+    do_train(cfg)
+    with open(out / "eval_results.json") as f:
+        assert "bbox" in json.load(f)
+    kw = dict(score_thresh=0.0)
+    from_model = diagnose.run_statistics(cfg, str(out / "model_final.pth"), str(out), **kw)
+    from_file = diagnose.run_statistics(cfg, None, str(out), **kw,
+                                        detections=str(out / "val_detections.json.gz"))
+    assert from_model["dets_per_image"] > 0 and "fcos" in from_model and "fcos" not in from_file
+    for key in ("dets_per_image", "recall50", "recall75", "dup_per_gt", "tp_score", "fp_score",
+                "score_iou_corr", "dup_hist"):
+        assert from_file[key] == pytest.approx(from_model[key], rel=1e-3, abs=1e-4, nan_ok=True), key
+    # a finished run without its checkpoint is accepted only where detections will do
+    _fake_run(str(tmp_path / "cmp"), "fcos", 0, {9: 1.0}, {}, 1.0)
+    ref = runs.RunRef("synthetic", "fcos", 0, str(tmp_path / "cmp"))
+    with pytest.raises(runs.MissingRunError):
+        ref.check(detections_ok=True)  # neither checkpoint nor detections
+    os.replace(out / "val_detections.json.gz", ref.detections)
+    assert ref.use_detections() and ref.check(detections_ok=True) is ref
+    with pytest.raises(runs.MissingRunError, match="model_final.pth"):
+        ref.check()
+
+
 def test_annotations_figure(tmp_path):
     from tools.analysis import annotations
 

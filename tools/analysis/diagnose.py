@@ -18,6 +18,10 @@ Per run (averaged over the seeds given):
   positives ``(sum w)^2 / sum w^2`` per GT;
 - from ``metrics.json``: the median over the last fifth of training of each loss and of the
   gradient norm (before clipping).
+
+A run without its checkpoint (restored from ``tools/compare.py --records``) is diagnosed from
+the detections its last evaluation saved (``val_detections.json.gz``): the detection rows and
+the training tail, not the positives per GT (they need the model).
 """
 from __future__ import annotations
 
@@ -154,38 +158,60 @@ def training_tail(run_dir: str, fraction: float = 0.2) -> Dict[str, float]:
     return {k: statistics.median(r[k] for r in tail if k in r) for k in keys}
 
 
+def _gt_boxes(d: dict) -> torch.Tensor:
+    """(G, 4) XYXY boxes of a dataset dict's non-crowd annotations."""
+    return torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                         for a in d["annotations"] if not a.get("iscrowd", 0)],
+                        dtype=torch.float32).reshape(-1, 4)
+
+
+def _matched(boxes: torch.Tensor, scores: torch.Tensor, gt: torch.Tensor,
+             score_thresh: float) -> Dict[str, np.ndarray]:
+    keep = scores >= score_thresh
+    m = match_detections(boxes[keep], scores[keep], gt)
+    m["scores"] = scores[keep].numpy()
+    return m
+
+
 def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: float = 0.05,
                    device: str = "cpu", max_images: Optional[int] = None,
-                   desc: str = "run") -> Dict[str, object]:
+                   desc: str = "run", detections: Optional[str] = None) -> Dict[str, object]:
     """Every statistic of one run: the model of ``cfg`` with ``checkpoint`` (None: its
     initialisation) over ``cfg``'s validation split, ``run_dir``'s metrics.json and
-    eval_results.json."""
+    eval_results.json. ``detections``: the run's saved final detections
+    (``val_detections.json.gz``) instead of a model — the detection statistics only (no
+    positives per GT, which need the model)."""
     from balanced_det.data import get_detection_dataset_dicts  # noqa: F401 (registers data)
+    from balanced_det.evaluation.coco import read_detections
     from detectron2.data import DatasetCatalog
 
-    model, _ = load_model(cfg, checkpoint, device)
-    model.eval()
-    loader = instantiate(cfg.dataloader.test)
     names = cfg.dataloader.test.dataset.names
-    gts = {d["image_id"]: d for d in DatasetCatalog.get(names if isinstance(names, str)
-                                                         else list(names)[0])}
+    name = names if isinstance(names, str) else list(names)[0]
+    gts = {d["image_id"]: d for d in DatasetCatalog.get(name)}
     per_image, points = [], []
-    for k, batch in enumerate(tqdm(loader, desc=desc, unit="image",
-                                   leave=False)):
-        if max_images is not None and k >= max_images:
-            break
-        with torch.no_grad():
-            inst = model(batch)[0]["instances"].to("cpu")
-        keep = inst.scores >= score_thresh
-        d = gts[batch[0]["image_id"]]
-        gt = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                           for a in d["annotations"] if not a.get("iscrowd", 0)],
-                          dtype=torch.float32).reshape(-1, 4)
-        m = match_detections(inst.pred_boxes.tensor[keep], inst.scores[keep], gt)
-        m["scores"] = inst.scores[keep].numpy()
-        per_image.append(m)
-        if len(gt):
-            points.append(positives_per_gt(model, mapped_image(cfg, d)))
+    if detections is not None:
+        saved = read_detections(detections)
+        ids = list(gts)[:max_images]
+        for image_id in tqdm(ids, desc=desc, unit="image", leave=False):
+            rows = saved.get(image_id, [])
+            boxes = torch.tensor([r["bbox"] for r in rows], dtype=torch.float32).reshape(-1, 4)
+            boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
+            scores = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
+            per_image.append(_matched(boxes, scores, _gt_boxes(gts[image_id]), score_thresh))
+    else:
+        model, _ = load_model(cfg, checkpoint, device)
+        model.eval()
+        loader = instantiate(cfg.dataloader.test)
+        for k, batch in enumerate(tqdm(loader, desc=desc, unit="image", leave=False)):
+            if max_images is not None and k >= max_images:
+                break
+            with torch.no_grad():
+                inst = model(batch)[0]["instances"].to("cpu")
+            d = gts[batch[0]["image_id"]]
+            gt = _gt_boxes(d)
+            per_image.append(_matched(inst.pred_boxes.tensor, inst.scores, gt, score_thresh))
+            if len(gt):
+                points.append(positives_per_gt(model, mapped_image(cfg, d)))
     stats = detection_statistics(per_image)
     stats["dup_hist"] = np.bincount(np.concatenate([m["gt_num_matches"] for m in per_image]),
                                     minlength=6)[:6].tolist()
@@ -205,13 +231,14 @@ def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: f
 def diagnose_runs(refs: Sequence[RunRef], score_thresh: float = 0.05, device: str = "cpu",
                   max_images: Optional[int] = None) -> Dict[str, List[Dict[str, object]]]:
     """``{run name: [statistics per seed]}`` of finished runs."""
-    check_runs(refs)
+    check_runs(refs, detections_ok=True)
     out: Dict[str, List[Dict[str, object]]] = {}
     for ref in tqdm(refs, desc="runs", unit="run"):
         cfg = load_run_config(ref.config, device)
         out.setdefault(ref.name, []).append(run_statistics(
             cfg, ref.checkpoint, ref.run_dir, score_thresh, device, max_images,
-            desc=f"{ref.name} seed {ref.seed}"))
+            desc=f"{ref.name} seed {ref.seed}",
+            detections=ref.detections if ref.use_detections() else None))
     return out
 
 

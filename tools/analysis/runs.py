@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import matplotlib.pyplot as plt
 
 from balanced_det.config import load_config
+from balanced_det.evaluation.coco import DETECTIONS_FILE
 from detectron2.config import instantiate
 
 from ..compare import ROOT, SUITES, is_done, write_markdown
@@ -75,22 +76,30 @@ class RunRef:
         self.run_dir = os.path.join(compare_dir, name, f"seed{seed}")
         self.checkpoint = checkpoint or os.path.join(self.run_dir, "model_final.pth")
         self.explicit_checkpoint = checkpoint is not None
+        self.detections = os.path.join(self.run_dir, DETECTIONS_FILE)
+
+    def use_detections(self) -> bool:
+        """No checkpoint (a run restored from its record) but its saved final detections."""
+        return (not self.explicit_checkpoint and not os.path.isfile(self.checkpoint)
+                and os.path.isfile(self.detections))
 
     def finished(self) -> bool:
         """``tools/compare.py`` finished this run: the suite's config with this seed, any
         schedule (:func:`tools.compare.is_done`)."""
         return is_done(self.run_dir, {"config": self.suite_config, "seed": self.seed})
 
-    def check(self) -> "RunRef":
+    def check(self, detections_ok: bool = False) -> "RunRef":
         """``self``; :class:`MissingRunError` naming the command that trains the run when the
-        config, the finished run or its checkpoint is missing."""
+        config, the finished run or its checkpoint is missing (``detections_ok``: or, instead
+        of the checkpoint, the run's saved detections)."""
         if not os.path.isfile(self.config):
             raise MissingRunError(f"config {self.config} not found (--config)")
         if self.explicit_checkpoint:
             if not os.path.isfile(self.checkpoint):
                 raise MissingRunError(f"checkpoint {self.checkpoint} not found (--checkpoint)")
             return self
-        if not (self.finished() and os.path.isfile(self.checkpoint)):
+        if not (self.finished() and (os.path.isfile(self.checkpoint)
+                                     or (detections_ok and self.use_detections()))):
             raise MissingRunError(
                 f"missing run {self.name!r} (seed {self.seed}) of suite {self.suite!r}: no "
                 f"finished run with {relpath(self.checkpoint)}. Train it with: "
@@ -106,13 +115,13 @@ class RunRef:
                                            if iteration is not None else "")
 
 
-def check_runs(refs: Sequence[RunRef]) -> None:
+def check_runs(refs: Sequence[RunRef], detections_ok: bool = False) -> None:
     """:meth:`RunRef.check` of each; several missing runs of the suite are named in one error
     with one command that trains them all."""
     errors, absent = [], []
     for r in refs:
         try:
-            r.check()
+            r.check(detections_ok)
         except MissingRunError as e:
             errors.append(str(e))
             if not r.explicit_checkpoint and os.path.isfile(r.config):
