@@ -65,11 +65,12 @@ convergence: setup
 
 ## compare-converged: the pairs of the README's "Where the evidence stands" on the trees at
 ## CONVERGENCE_ITER iterations, 3 seeds, 6 evaluations each (FCOS / DW-FCOS / DW-FCOS + refine,
-## RetinaNet / GHM / Sampling-Free, Faster R-CNN / PISA / Libra). Runs recorded in
+## RetinaNet / GHM / GHM with per-level losses / Sampling-Free, Faster R-CNN / PISA / Libra).
+## Runs recorded in
 ## docs/results/runs/trees-conv<N>/ are restored, not retrained; the others train (about 25
 ## minutes each on one core, 2 at a time) and are recorded there, so it goes on across sessions.
-CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet sampling_free_retinanet \
-	faster_rcnn pisa_faster_rcnn libra_faster_rcnn
+CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet ghm_per_level_retinanet \
+	sampling_free_retinanet faster_rcnn pisa_faster_rcnn libra_faster_rcnn
 compare-converged: setup
 	$(PY) tools/compare.py --suite trees --only $(CONVERGED_RUNS) --seeds 0 1 2 \
 		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
