@@ -31,8 +31,11 @@ Rows:
    optimizer state and inputs excluded); minimum over 3 steps (1 with --quick).
 5. GHM-C + GHM-R (forward + backward, one call each over all levels) on the tensors of a
    RetinaNet step, against a full GHM RetinaNet training step. Target: <= 5 %.
-6. FL* RetinaNet and noisy-anchor RetinaNet training steps against the RetinaNet step (same
-   input and weights): the method's whole cost. Target: <= 1.10x.
+6. USW's weighting network over every anchor of a RetinaNet batch, forward + backward: the
+   non-CE branches on the positives only (``SampleWeightingNet.forward(features, fg_inds)``)
+   against all four branches on every anchor (the same function).
+7. FL* RetinaNet, noisy-anchor RetinaNet and USW RetinaNet training steps against the
+   RetinaNet step (same input and weights): the method's whole cost. Target: <= 1.10x.
 
     python benchmarks/bench_dense.py                   # full workload, CPU (minutes)
     python benchmarks/bench_dense.py --quick           # 320 x 544 inputs, 1 repeat (a check)
@@ -314,11 +317,14 @@ CONFIGS = {
     "retinanet": "configs/COCO-Detection/retinanet_R_50_FPN_1x.py",
     "fl_star_retinanet": "configs/COCO-Detection/fl_star_retinanet_R_50_FPN_1x.py",
     "noisy_anchor_retinanet": "configs/COCO-Detection/noisy_anchor_retinanet_R_50_FPN_1x.py",
+    "usw_retinanet": "configs/COCO-Detection/usw_retinanet_R_50_FPN_1x.py",
 }
 # RetinaNet-family methods timed as whole training steps against the RetinaNet step
 RETINANET_METHODS = {"fl_star_retinanet": "FL* RetinaNet (classification loss)",
                      "noisy_anchor_retinanet": "Noisy-anchor RetinaNet (assignment, soft-target "
-                                               "focal loss, re-weighting)"}
+                                               "focal loss, re-weighting)",
+                     "usw_retinanet": "USW RetinaNet (weighting net over every anchor; SGD "
+                                      "here for all parameters)"}
 
 
 def build(name, device):
@@ -481,6 +487,37 @@ def bench_retinanet_methods(args, device) -> List[Dict]:
     return rows
 
 
+def bench_usw_net(args, device) -> List[Dict]:
+    """USW's weighting network over every RetinaNet anchor of the batch (2 images, 9 anchors
+    per location on P3-P7, 300 positives per image), forward + backward: the forward that
+    runs the non-CE branches on the positives only against the concatenating forward."""
+    from balanced_det.modeling.usw import SampleWeightingNet
+    from balanced_det.ops import usw_features
+
+    h, w = padded(image_size(args))
+    R = 2 * 9 * sum(-(-h // s) * -(-w // s) for s in STRIDES)
+    P = 600
+    g = torch.Generator().manual_seed(0)
+    net = SampleWeightingNet().to(device)
+    fg_inds = torch.randperm(R, generator=g)[:P].to(device)
+    feats = usw_features(R, fg_inds, torch.rand(P, generator=g).to(device),
+                         torch.rand(P, generator=g).to(device),
+                         torch.rand(R, generator=g).to(device),
+                         torch.rand(P, 4, generator=g).to(device))
+
+    def step(idx):
+        def run():
+            net.zero_grad(set_to_none=True)
+            (net(feats) if idx is None else net(feats, idx)).sum().backward()
+        return run
+
+    t_all = timeit(step(None), device, args.repeats)
+    t_pos = timeit(step(fg_inds), device, args.repeats)
+    return [dict(name=f"USW weighting net fwd+bwd over {R} anchors ({P} positives): non-CE "
+                      f"branches on the positives only", ours=t_pos, ref=t_all,
+                 ref_name="all four branches on every anchor", kind="speedup", target=None)]
+
+
 # ----------------------------------------------------------------------------- report
 def fmt_value(v, kind):
     if kind == "mem_ratio":
@@ -514,7 +551,7 @@ def main():
     p.add_argument("--num-gt", type=int, default=15)
     p.add_argument("--num-classes", type=int, default=80)
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--only", choices=["dw", "steps", "ghm", "retinanet_methods"],
+    p.add_argument("--only", choices=["dw", "steps", "ghm", "usw_net", "retinanet_methods"],
                    action="append")
     p.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -530,13 +567,15 @@ def main():
           f" R50-FPN P3-P7, device {device} ({machine(device)}), amp={args.amp}, "
           f"median of {args.repeats} after 1 warm-up; {load_at_start()}\n", flush=True)
     rows = []
-    only = set(args.only or ["dw", "steps", "ghm", "retinanet_methods"])
+    only = set(args.only or ["dw", "steps", "ghm", "usw_net", "retinanet_methods"])
     if "dw" in only:
         rows += bench_dw(args, device)
     if "steps" in only:
         rows += bench_steps(args, device)
     if "ghm" in only:
         rows += bench_ghm(args, device)
+    if "usw_net" in only:
+        rows += bench_usw_net(args, device)
     if "retinanet_methods" in only:
         rows += bench_retinanet_methods(args, device)
     print("| benchmark | ours | reference | result | target | met |")

@@ -188,6 +188,33 @@ def test_features_are_the_authors_inputs_with_zeros_for_negatives():
     assert not ours.requires_grad
 
 
+@pytest.mark.parametrize("mask", [False, True])
+@pytest.mark.parametrize("num_fg", [0, 1, 7])
+def test_net_on_positives_only_is_the_same_function(mask, num_fg):
+    """forward(features, fg_inds) (the non-CE branches on the positives only) gives the
+    concatenating forward's scores and parameter gradients when the other rows carry zeros
+    outside the CE, as usw_features builds them."""
+    net = _net(hidden_dim=6, init_std=0.7, mask=mask)
+    g = torch.Generator().manual_seed(num_fg)
+    R = 40
+    fg_inds = torch.randperm(R, generator=g)[:num_fg]
+    dims = sum(net.feature_dims)
+    fg = torch.rand(num_fg, dims - 1, generator=g) * 2
+    feats = usw_features(R, fg_inds, fg[:, 0], fg[:, 1], torch.rand(R, generator=g) * 3,
+                         fg[:, 2:6], fg[:, 6] if mask else None)
+    outs, grads = [], []
+    for idx in (None, fg_inds):
+        net.zero_grad()
+        out = net(feats, idx) if idx is not None else net(feats)
+        (out * torch.linspace(-1, 2, out.numel()).reshape_as(out)).sum().backward()
+        outs.append(out.detach())
+        grads.append([p.grad.clone() for p in net.parameters()])
+    assert outs[0].abs().max() > 0.05  # not a trivial near-zero network
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-6)
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_scores_clamp_and_pool():
     raw = torch.tensor([[3.0, -5.0], [1.0, 0.5], [-1.0, 2.5], [0.2, 0.0]], requires_grad=True)
     fg = torch.tensor([True, True, False, False])

@@ -6,9 +6,11 @@ from __future__ import annotations
 from typing import Dict, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..ops.usw import USW_FEATURE_DIMS, USW_MASK_FEATURE_DIMS, usw_losses, usw_scores
+from ..ops.usw import (USW_CE_INPUT, USW_FEATURE_DIMS, USW_MASK_FEATURE_DIMS, usw_losses,
+                       usw_scores)
 from ..utils.checks import check_choice, check_int, check_range
 from ..utils.events import put_tensor_scalars
 
@@ -74,11 +76,32 @@ class SampleWeightingNet(nn.Module):
         return (f"lam={self.lam}, score_range=({self.score_min}, {self.score_max}), "
                 f"cls_weighting={self.cls_weighting!r}, mask={self.mask}")
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, fg_inds: Optional[Tensor] = None) -> Tensor:
         """(R, 7) inputs (:func:`~balanced_det.ops.usw.usw_features`) -> (R, 2) raw scores;
-        with ``mask``: (R, 8) -> (R, 3)."""
+        with ``mask``: (R, 8) -> (R, 3).
+
+        ``fg_inds``: the rows whose inputs other than the CE may be non-zero (the positives;
+        :func:`usw_features` puts zeros there for the others). The same function, computed
+        with the first predictor layer split by branch, ``W [h_1; ...; h_B] = sum_b W_b h_b``:
+        every row gets ``W_CE h_CE(CE) + sum_b W_b h_b(0)``, the positives also
+        ``sum_b W_b (h_b(x_b) - h_b(0))``, so the other branches run on the positives only
+        (a RetinaNet batch: every anchor through one branch instead of four)."""
         parts = features.float().split(list(self.feature_dims), dim=1)
-        return self.predictor(torch.cat([b(x) for b, x in zip(self.branches, parts)], dim=1))
+        if fg_inds is None:
+            return self.predictor(torch.cat([b(x) for b, x in zip(self.branches, parts)], dim=1))
+        first = self.predictor[0]
+        blocks = first.weight.split(first.weight.shape[1] // len(self.branches), dim=1)
+        pre = F.linear(self.branches[USW_CE_INPUT](parts[USW_CE_INPUT]), blocks[USW_CE_INPUT],
+                       first.bias)
+        const, fg = 0.0, 0.0
+        for k, (branch, x, w) in enumerate(zip(self.branches, parts, blocks)):
+            if k == USW_CE_INPUT:
+                continue
+            at_zero = branch(x.new_zeros(1, x.shape[1]))  # (1, h): the negatives' branch output
+            const = const + F.linear(at_zero, w)
+            fg = fg + F.linear(branch(x.index_select(0, fg_inds)) - at_zero, w)
+        pre = (pre + const).index_add(0, fg_inds, fg)
+        return self.predictor[1:](pre)
 
     def losses(self, features: Tensor, ce: Tensor, box_loss: Tensor, fg_inds: Tensor,
                fg_mask: Tensor, reg_normalizer: Union[float, Tensor] = 1.0,
@@ -90,7 +113,7 @@ class SampleWeightingNet(nn.Module):
         :func:`~balanced_det.ops.usw.usw_losses`. With ``mask`` also ``loss_usw_mask`` and
         ``mask_weights`` (P,), ``exp(-s_mask)`` of the positives (not detached; a weight for
         the mask head, not a loss: the caller takes it out)."""
-        scores = usw_scores(self(features), fg_mask, self.score_min, self.score_max,
+        scores = usw_scores(self(features, fg_inds), fg_mask, self.score_min, self.score_max,
                             pooled=self.cls_weighting == "pooled", groups=groups)
         put_tensor_scalars(**{"usw/s_cls_pos": scores["cls_pos"].detach(),
                               "usw/s_cls_neg": scores["cls_neg"].detach()})

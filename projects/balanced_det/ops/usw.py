@@ -9,10 +9,13 @@ import torch
 from torch import Tensor
 
 __all__ = ["usw_features", "usw_scores", "usw_losses", "usw_mask_loss", "USW_FEATURE_DIMS",
+           "USW_CE_INPUT",
            "USW_MASK_FEATURE_DIMS"]
 
 #: widths of the input features, in order: IoU, GT-class probability, CE, 4-d box loss
 USW_FEATURE_DIMS = (1, 1, 1, 4)
+#: the input every sample carries (its cross entropy); negatives have zeros in all the others
+USW_CE_INPUT = 2
 #: with a mask head (the authors' Mask R-CNN): ... and the per-ROI mask loss
 USW_MASK_FEATURE_DIMS = USW_FEATURE_DIMS + (1,)
 
