@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged figures \
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-lr figures \
 	clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
@@ -76,6 +76,17 @@ compare-converged: setup
 		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/trees-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/trees-conv$(CONVERGENCE_ITER)
+
+## compare-lr: the runs of compare-converged with the SGD learning rate set to LR for every
+## method and baseline alike (the recipe sweep: e.g. LR=0.005 and LR=0.02 around the common
+## 0.01; same warm-up, steps and clipping), recorded in docs/results/runs/trees-conv<N>-lr<LR>/.
+## About 30 runs of 25 minutes, 2 at a time, per learning rate; it goes on across sessions.
+LR ?= 0.005
+compare-lr: setup
+	$(PY) tools/compare.py --suite trees --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--output output/compare/trees-conv$(CONVERGENCE_ITER)-lr$(LR) \
+		--records docs/results/runs/trees-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
 
 ## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
 figures: setup
