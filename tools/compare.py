@@ -146,6 +146,11 @@ def is_done(run_dir: str, key: dict) -> bool:
     return same and os.path.exists(os.path.join(run_dir, "eval_results.json"))
 
 
+def records_another_run(record: str, key: dict) -> bool:
+    """``record`` holds a complete record (its run key is written last) of another run key."""
+    return os.path.exists(os.path.join(record, RUN_KEY_FILE)) and not is_done(record, key)
+
+
 def copy_record(src: str, dst: str) -> None:
     """Copy the :data:`RECORD_FILES` a run folder has from ``src`` to ``dst``, the run key
     last (a folder with the key is complete)."""
@@ -409,6 +414,15 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     results: Dict[Tuple[str, int], Dict[str, float]] = {}
     start = time.time()
     todo = []
+    other = [os.path.join(args.records, name, f"seed{seed}") for name, cfg, _, seed in runs
+             if args.records and records_another_run(
+                 os.path.join(args.records, name, f"seed{seed}"),
+                 run_key(cfg, seed, args.max_iter, extra))]
+    if other:  # never overwrite a recorded run with one of another schedule or overrides
+        raise SystemExit(
+            f"--records {args.records} holds runs of another schedule or other overrides "
+            f"({len(other)}: {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
+            f"they would be overwritten: give another --records folder")
     for name, cfg, desc, seed in runs:
         run_dir = os.path.join(out, name, f"seed{seed}")
         key = run_key(cfg, seed, args.max_iter, extra)

@@ -212,11 +212,30 @@ def test_records_are_kept_and_reused_in_another_output(tmp_path, monkeypatch):
     calls.clear()
     assert C.main(argv + ["--output", str(tmp_path / "b"), "--records", str(records)]) == md
     assert calls == []
-    # a record of another schedule is not reused
-    assert len(C.main(argv[:-1] + ["9", "--output", str(tmp_path / "c"), "--records",
-                                   str(records)])) and len(calls) == 6
+    # a record of another schedule is neither reused nor overwritten: refused before training
+    with pytest.raises(SystemExit, match="another schedule or other overrides .*seed"):
+        C.main(argv[:-1] + ["9", "--output", str(tmp_path / "c"), "--records", str(records)])
+    assert calls == [] and C.is_done(str(rec), C.run_key(GHM, 2, 7, ["train.eval_period=1"]))
     # runs finished before --records was given are recorded when it is
     calls.clear()
     C.main(argv + ["--output", str(tmp_path / "a"), "--records", str(tmp_path / "late")])
     assert calls == [] and (tmp_path / "late" / "retinanet_effnet_lite0_FPN" / "seed0" /
                             C.RUN_KEY_FILE).exists()
+
+
+def test_overrides_reach_every_run_and_key_its_record(tmp_path, monkeypatch):
+    """``make compare-lr``: an override after the options goes to every run, and a record of
+    another learning rate is not restored for it."""
+    calls = []
+    monkeypatch.setattr(C, "run_one", _fake_run_one(calls))
+    records = tmp_path / "records"
+    argv = ["--configs", BASE, GHM, "--seeds", "0", "1", "2", "--max-iter", "7",
+            "--records", str(records)]
+    C.main(argv + ["--output", str(tmp_path / "a")])
+    calls.clear()
+    with pytest.raises(SystemExit, match="give another --records folder"):
+        C.main(argv + ["--output", str(tmp_path / "b"), "optimizer.lr=0.02"])
+    assert calls == []
+    argv[-1] = str(tmp_path / "records-lr0.02")
+    C.main(argv + ["--output", str(tmp_path / "b"), "optimizer.lr=0.02"])
+    assert len(calls) == 6 and all("optimizer.lr=0.02" in c[3] for c in calls)
