@@ -33,7 +33,8 @@ TRAINED_TOL = dict(rtol=2e-3, atol=1e-5)  # after one or two SGD steps
 SCORE_TOL = dict(rtol=1e-2, atol=1e-5)
 BOX_TOL = dict(rtol=1e-3, atol=0.25)
 MAX_UNMATCHED = 2  # of the top 20: the ones at the cut-off
-BINNED_UPDATES = {"Trees/ghm_retinanet_effnet_lite0_FPN.py"}
+BINNED_UPDATES = {"Trees/ghm_retinanet_effnet_lite0_FPN.py",
+                  "Trees/ghm_per_level_retinanet_effnet_lite0_FPN.py"}
 
 
 def test_every_cpu_config_has_golden_values():

@@ -261,14 +261,15 @@ def test_zero_gt_and_zero_rois_are_finite_zeros_with_a_graph():
     p = _proposals([C] * 6)
     scores, deltas = _predictions(6)
     out = _ours(net, scores, deltas, p)
-    assert float(out["loss_box_reg"]) == 0.0 and float(out["loss_usw_reg"]) == 0.0
-    assert all(math.isfinite(float(v)) for v in out.values())
+    assert float(out["loss_box_reg"].detach()) == 0.0
+    assert float(out["loss_usw_reg"].detach()) == 0.0
+    assert all(math.isfinite(float(v.detach())) for v in out.values())
     sum(out.values()).backward()
     assert torch.isfinite(scores.grad).all() and scores.grad.abs().sum() > 0
     empty = _proposals([])
     s0, d0 = _predictions(0)
     out = _ours(net, s0, d0, empty)
-    assert all(float(v) == 0.0 for v in out.values())
+    assert all(float(v.detach()) == 0.0 for v in out.values())
     sum(out.values()).backward()
 
 
