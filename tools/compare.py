@@ -414,19 +414,19 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     results: Dict[Tuple[str, int], Dict[str, float]] = {}
     start = time.time()
     todo = []
-    other = [os.path.join(args.records, name, f"seed{seed}") for name, cfg, _, seed in runs
-             if args.records and records_another_run(
-                 os.path.join(args.records, name, f"seed{seed}"),
-                 run_key(cfg, seed, args.max_iter, extra))]
+    # per run: config, seed, its folder, its key and its record folder (None without --records)
+    plan = [(cfg, seed, os.path.join(out, name, f"seed{seed}"),
+             run_key(cfg, seed, args.max_iter, extra),
+             os.path.join(args.records, name, f"seed{seed}") if args.records else None)
+            for name, cfg, _, seed in runs]
+    other = [record for _, _, _, key, record in plan
+             if record and records_another_run(record, key)]
     if other:  # never overwrite a recorded run with one of another schedule or overrides
         raise SystemExit(
             f"--records {args.records} holds runs of another schedule or other overrides "
             f"({len(other)}: {', '.join(other[:3])}{', ...' if len(other) > 3 else ''}); "
             f"they would be overwritten: give another --records folder")
-    for name, cfg, desc, seed in runs:
-        run_dir = os.path.join(out, name, f"seed{seed}")
-        key = run_key(cfg, seed, args.max_iter, extra)
-        record = os.path.join(args.records, name, f"seed{seed}") if args.records else None
+    for cfg, seed, run_dir, key, record in plan:
         if record and not is_done(run_dir, key) and is_done(record, key):
             set_aside(run_dir)
             copy_record(record, run_dir)  # recorded elsewhere: not trained again
