@@ -129,6 +129,29 @@ S = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.3, 0.04, 0.02])
 PROBS = torch.stack([S, torch.full_like(S, 0.01)], dim=1)  # (N, C=2) fg probs
 
 
+def test_box_iou_matrix_equals_torchvision_bitwise_and_loop_values():
+    from torchvision.ops import box_iou
+
+    from balanced_det.ops.boxes import box_iou_matrix
+
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(60, 2, generator=g) * 100
+    wh = torch.rand(60, 2, generator=g) * 40
+    wh[:5, 0] = 0.0  # zero-width boxes: IoU 0 with the others, not NaN
+    boxes = torch.cat([xy, xy + wh], 1)
+    a, b = boxes[:25], torch.cat([boxes[25:], boxes[5:9]])  # 4 identical pairs: IoU exactly 1
+    got = box_iou_matrix(a, b)
+    assert got.shape == (25, 39) and torch.equal(got, box_iou(a, b))
+    for i, j in [(5, 35), (6, 36), (0, 3), (12, 20)]:
+        x1, y1 = max(a[i, 0], b[j, 0]), max(a[i, 1], b[j, 1])
+        x2, y2 = min(a[i, 2], b[j, 2]), min(a[i, 3], b[j, 3])
+        inter = max(float(x2 - x1), 0.0) * max(float(y2 - y1), 0.0)
+        area = lambda r: float((r[2] - r[0]) * (r[3] - r[1]))  # noqa: E731
+        assert abs(got[i, j].item() - inter / (area(a[i]) + area(b[j]) - inter)) < 1e-6
+    assert got[5, 35] == 1.0 and got[:5][got[:5] > 0].numel() == 0
+    assert box_iou_matrix(a[:0], b).shape == (0, 39)
+
+
 def test_nms_cluster_local_rank():
     lr, leader = nms_cluster_local_rank(BOXES, S)
     assert leader.tolist() == [0, 0, 2, 0, 2, 5, 6]

@@ -12,7 +12,9 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torchvision.ops import batched_nms, box_iou, nms
+from torchvision.ops import batched_nms, nms
+
+from .boxes import box_iou_matrix
 
 __all__ = ["lexsort", "local_rank", "hierarchical_rank", "iou_hlr_rank", "nms_cluster_local_rank"]
 
@@ -144,13 +146,17 @@ def nms_cluster_local_rank(
     is_leader = torch.zeros(n, dtype=torch.bool, device=device)
     is_leader[keep] = True
     others = torch.nonzero(~is_leader)[:, 0]
-    iou = box_iou(boxes[others], boxes[keep])  # S x L
+    iou = box_iou_matrix(boxes[others], boxes[keep])  # S x L
     match = iou >= iou_threshold
     if labels is not None:
         match &= labels[others][:, None] == labels[keep][None, :]
     has = torch.ones(n, dtype=torch.bool, device=device)
-    has[others] = match.any(dim=1)
-    first = match.to(torch.uint8).argmax(dim=1) if others.numel() else others
+    if others.numel():
+        # max over a bool row: whether any leader matches, and the first one (torch.max
+        # returns the index of the first maximal value)
+        has[others], first = match.max(dim=1)
+    else:
+        first = others
     leader = torch.arange(n, device=device)
     leader[others] = torch.where(has[others], keep[first], others)
     key = torch.where(is_leader | ~has, torch.full_like(scores, float("inf")), scores)
