@@ -63,30 +63,32 @@ convergence: setup
 		--output output/compare/synthetic-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/synthetic-conv$(CONVERGENCE_ITER)
 
-## compare-converged: the pairs of the README's "Where the evidence stands" on the trees at
-## CONVERGENCE_ITER iterations, 3 seeds, 6 evaluations each (FCOS / DW-FCOS / DW-FCOS + refine,
-## RetinaNet / GHM / GHM with per-level losses / Sampling-Free, Faster R-CNN / PISA / Libra).
-## Runs recorded in
-## docs/results/runs/trees-conv<N>/ are restored, not retrained; the others train (about 25
-## minutes each on one core, 2 at a time) and are recorded there, so it goes on across sessions.
+## compare-converged: the pairs of the README's "Where the evidence stands" at CONVERGENCE_ITER
+## iterations, 3 seeds, 6 evaluations each (FCOS / DW-FCOS / DW-FCOS + refine, RetinaNet / GHM /
+## GHM with per-level losses / Sampling-Free, Faster R-CNN / PISA / Libra), on SUITE (trees, or
+## synthetic). Runs recorded in docs/results/runs/<SUITE>-conv<N>/ are restored, not retrained;
+## the others train (on the trees about 25 minutes each on one core, 2 at a time; synthetic runs
+## are about 4x cheaper) and are recorded there, so it goes on across sessions.
+SUITE ?= trees
 CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet ghm_per_level_retinanet \
 	sampling_free_retinanet faster_rcnn pisa_faster_rcnn libra_faster_rcnn
 compare-converged: setup
-	$(PY) tools/compare.py --suite trees --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
 		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
-		--output output/compare/trees-conv$(CONVERGENCE_ITER) \
-		--records docs/results/runs/trees-conv$(CONVERGENCE_ITER)
+		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER) \
+		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)
 
 ## compare-lr: the runs of compare-converged with the SGD learning rate set to LR for every
 ## method and baseline alike (the recipe sweep: e.g. LR=0.005 and LR=0.02 around the common
-## 0.01; same warm-up, steps and clipping), recorded in docs/results/runs/trees-conv<N>-lr<LR>/.
-## About 30 runs of 25 minutes, 2 at a time, per learning rate; it goes on across sessions.
+## 0.01; same warm-up, steps and clipping), recorded in docs/results/runs/<SUITE>-conv<N>-lr<LR>/.
+## On the trees about 30 runs of 25 minutes, 2 at a time, per learning rate; it goes on across
+## sessions.
 LR ?= 0.005
 compare-lr: setup
-	$(PY) tools/compare.py --suite trees --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
 		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
-		--output output/compare/trees-conv$(CONVERGENCE_ITER)-lr$(LR) \
-		--records docs/results/runs/trees-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
+		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) \
+		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
 
 ## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
 figures: setup
