@@ -68,7 +68,7 @@ convergence: setup
 ## GHM with per-level losses / Sampling-Free, Faster R-CNN / PISA / Libra), on SUITE (trees, or
 ## synthetic). Runs recorded in docs/results/runs/<SUITE>-conv<N>/ are restored, not retrained;
 ## the others train (on the trees about 25 minutes each on one core, 2 at a time; synthetic runs
-## are about 4x cheaper) and are recorded there, so it goes on across sessions.
+## are about 4x cheaper) and are recorded there, so an interrupted comparison resumes on any machine.
 SUITE ?= trees
 CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet ghm_per_level_retinanet \
 	sampling_free_retinanet faster_rcnn pisa_faster_rcnn libra_faster_rcnn
@@ -81,8 +81,8 @@ compare-converged: setup
 ## compare-lr: the runs of compare-converged with the SGD learning rate set to LR for every
 ## method and baseline alike (the recipe sweep: e.g. LR=0.005 and LR=0.02 around the common
 ## 0.01; same warm-up, steps and clipping), recorded in docs/results/runs/<SUITE>-conv<N>-lr<LR>/.
-## On the trees about 30 runs of 25 minutes, 2 at a time, per learning rate; it goes on across
-## sessions.
+## On the trees about 30 runs of 25 minutes, 2 at a time, per learning rate; it resumes where it
+## stopped.
 LR ?= 0.005
 compare-lr: setup
 	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
