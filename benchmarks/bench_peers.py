@@ -22,7 +22,10 @@ the same cheap stand-in, so the columns time the method's own logic. Score-HLR: 
 lower bound of mmdet's time and peer / ours a lower bound of the speed-up.
 
 Columns: peer and ours (median ms, ``--repeats`` runs after a warm-up), peer / ours (> 1:
-ours faster), and whether the outputs agree where both are deterministic.
+ours faster); for the rows whose both sides run the same stand-in work (OHEM's and Score-HLR's
+box-head forward and decode, ISR-P's decode and cross entropy), that work timed alone and the
+ratio of the remaining, method-own parts, (peer - shared) / (ours - shared); and whether the
+outputs agree where both are deterministic.
 
     python benchmarks/bench_peers.py --quick --threads 1
     python benchmarks/bench_peers.py --threads 1                # full sizes (CPU: minutes)
@@ -207,9 +210,12 @@ def bench(args, device, mm) -> List[Dict]:
     def t(fn: Callable[[], object]) -> float:
         return 1e3 * timeit(fn, device, args.repeats)
 
-    def add(name, peer_fn, ours_fn, agree=None, note=""):
+    def add(name, peer_fn, ours_fn, agree=None, note="", shared_fn=None):
+        """``shared_fn``: the stand-in work both sides do (box-head forward, decode), timed
+        alone so the table can also compare the methods' own parts."""
         peer = t(peer_fn) if (mm is not None and peer_fn is not None) else None
-        rows.append(dict(name=name, peer=peer, ours=t(ours_fn), agree=agree, note=note))
+        rows.append(dict(name=name, peer=peer, ours=t(ours_fn), agree=agree, note=note,
+                         shared=t(shared_fn) if shared_fn is not None else None))
 
     steps = tqdm(total=9, desc="ops", unit="op")
 
@@ -264,7 +270,8 @@ def bench(args, device, mm) -> List[Dict]:
 
     same = mm is not None and set(ohem_peer().tolist()) == set(ohem_ours().tolist())
     add("OHEM selection (1 img)", ohem and ohem_peer, ohem_ours, agree=same if mm else None,
-        note="box-head forward: the same stand-in on both sides")
+        note="box-head forward: the same stand-in on both sides",
+        shared_fn=lambda: box_head(boxes0, C))
     steps.update()
 
     # 4. Score-HLR (ISR-N) negatives of one image
@@ -282,12 +289,17 @@ def bench(args, device, mm) -> List[Dict]:
                                     with_shared_head=False, _bbox_forward=ctx._bbox_forward)
     hlr_assign = types.SimpleNamespace(gt_inds=torch.where(iou0 >= 0.5, gt0 + 1, 0))
 
-    def hlr_ours():
-        lg, dl = box_head(nb, C)  # the forward and decode the peer does inside
-        ce = F.cross_entropy(lg, lg.new_full((len(nb),), C, dtype=torch.long), reduction="none")
+    def hlr_forward_decode():
+        """The forward, softmax and decode the peer does inside too."""
+        lg, dl = box_head(nb, C)
         pr = lg.softmax(-1)[:, :-1]
         sc, am = pr.max(-1)
         dec = CODER.apply_deltas(dl.view(len(nb), C, 4)[torch.arange(len(nb)), am], nb)
+        return lg, pr, dec
+
+    def hlr_ours():
+        lg, pr, dec = hlr_forward_decode()
+        ce = F.cross_entropy(lg, lg.new_full((len(nb),), C, dtype=torch.long), reduction="none")
         idx, w = isr_n_select(pr, dec, num - k_pos)
         return idx, renormalize_to_loss(w, ce[idx])
 
@@ -296,7 +308,7 @@ def bench(args, device, mm) -> List[Dict]:
                                     score_thr=0.05, iou_thr=0.5)
     add("Score-HLR negatives, ISR-N (1 img)",
         hlr and (lambda: hlr._sample_neg(hlr_assign, num - k_pos, bboxes=boxes0, feats=None)),
-        hlr_ours,
+        hlr_ours, shared_fn=hlr_forward_decode,
         note=f"{valid.numel()} valid of {len(nb)} negatives, {len(groups)} clusters; peer "
              "without mmcv's C++ nms_match (its result precomputed): a lower bound; ours "
              f"with torchvision's C++ NMS ({nms_ms:.2f} ms of it)")
@@ -333,19 +345,23 @@ def bench(args, device, mm) -> List[Dict]:
     # decodes its encoded targets inside isr_p, so that decode is in its time only
     gt_boxes_pos = CODER.apply_deltas(bbox_targets[pos_rows], rois[pos_rows, 1:])
 
-    def isr_p_ours():
+    def isr_p_decode_ce():
+        """The positives' box decode and cross entropy, which the peer does inside too."""
         pl = labels[pos_rows]
-        r = rois[pos_rows, 1:]
-        pred = CODER.apply_deltas(bbox_pred.view(N, C, 4)[pos_rows, pl], r)
+        pred = CODER.apply_deltas(bbox_pred.view(N, C, 4)[pos_rows, pl], rois[pos_rows, 1:])
+        return pl, pred, F.cross_entropy(cls_score[pos_rows], pl, reduction="none")
+
+    def isr_p_ours():
+        pl, pred, ce = isr_p_decode_ce()
         tgt = gt_boxes_pos
         ids = gt_local + (torch.arange(2 * n_pos, device=device) // n_pos) * args.num_gt
-        ce = F.cross_entropy(cls_score[pos_rows], pl, reduction="none")
         w = label_weights.clone()
         w[pos_rows] = isr_p_weights(aligned_iou(pred, tgt), ids, pl, ce)
         return w
 
     agree = mm is not None and torch.allclose(isr_p_peer(), isr_p_ours(), rtol=1e-4, atol=1e-5)
     add("ISR-P weights (2 img)", mm and isr_p_peer, isr_p_ours, agree=agree if mm else None,
+        shared_fn=isr_p_decode_ce,
         note=f"{2 * n_pos} positives of {N} ROIs, {C} classes; each side's real path: the "
              "peer decodes the encoded targets, ours reads the GT boxes")
     steps.update()
@@ -430,7 +446,7 @@ def bench(args, device, mm) -> List[Dict]:
         loop_ms = t(lambda: dw_weights_per_gt_loop(*dw_args))
         ours_ms = t(lambda: dw_weights_library(*dw_args))
     rows.append(dict(name="DW weights vs the authors' per-GT loop (2 img)", peer=loop_ms,
-                     ours=ours_ms, agree=None,
+                     ours=ours_ms, agree=None, shared=None,
                      note=f"{points.shape[0]} points, {args.num_gt} GTs per image; agreement "
                           "checked in bench_dense.py"))
     steps.close()
@@ -442,12 +458,18 @@ def fmt(x: Optional[float]) -> str:
 
 
 def table(rows: List[Dict]) -> str:
-    lines = ["| op | peer ms | ours ms | peer / ours | agree | note |", "|---|---|---|---|---|---|"]
+    lines = ["| op | peer ms | ours ms | peer / ours | shared ms | peer / ours without it "
+             "| agree | note |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "-" if r["peer"] is None else f"{r['peer'] / r['ours']:.2f}x"
+        own = "-"
+        if r["peer"] is not None and r["shared"] is not None:
+            # the methods' own parts; the subtraction is noisy when the shared part dominates
+            mine = r["ours"] - r["shared"]
+            own = f"{(r['peer'] - r['shared']) / mine:.2f}x" if mine > 0 else "-"
         agree = "-" if r["agree"] is None else ("yes" if r["agree"] else "NO")
-        lines.append(f"| {r['name']} | {fmt(r['peer'])} | {fmt(r['ours'])} | {ratio} | {agree} "
-                     f"| {r['note']} |")
+        lines.append(f"| {r['name']} | {fmt(r['peer'])} | {fmt(r['ours'])} | {ratio} "
+                     f"| {fmt(r['shared'])} | {own} | {agree} | {r['note']} |")
     return "\n".join(lines)
 
 
