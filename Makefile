@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-lr figures \
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr figures \
 	clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
@@ -77,6 +77,14 @@ compare-converged: setup
 		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)
+
+## compare-new-methods: FL*, USW and noisy-anchor RetinaNet and USW Faster R-CNN with their
+## baselines (RetinaNet, Faster R-CNN), as compare-converged: CONVERGENCE_ITER iterations,
+## 3 seeds, 6 evaluations each, on SUITE, recorded in docs/results/runs/<SUITE>-conv<N>/.
+NEW_METHOD_RUNS = retinanet usw_retinanet fl_star_retinanet noisy_anchor_retinanet \
+	faster_rcnn usw_faster_rcnn
+compare-new-methods:
+	$(MAKE) compare-converged CONVERGED_RUNS="$(NEW_METHOD_RUNS)"
 
 ## compare-lr: the runs of compare-converged with the SGD learning rate set to LR for every
 ## method and baseline alike (the recipe sweep: e.g. LR=0.005 and LR=0.02 around the common
