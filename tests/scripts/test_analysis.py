@@ -318,6 +318,16 @@ def test_script_entry_point(tmp_path):
     assert "no finished comparison runs of suite 'synthetic'" in res.stderr
 
 
+def test_analysis_command_names_a_non_default_compare_dir():
+    default = runs.default_compare_dir("trees")
+    assert runs.analysis_command("diagnose", "trees", ["fcos", "dw_fcos"], [0, 1], default) == (
+        "python tools/analysis.py diagnose --suite trees --runs fcos dw_fcos --seeds 0 1")
+    other = os.path.join(ROOT, "output", "compare", "trees-conv600")
+    assert runs.analysis_command("gradients", "trees", ["retinanet"], [2], other) == (
+        "python tools/analysis.py gradients --suite trees --compare-dir "
+        "output/compare/trees-conv600 --runs retinanet --seeds 2")
+
+
 # ---- diagnose --------------------------------------------------------------------------------
 def test_detection_matching_hand_values():
     from tools.analysis import diagnose

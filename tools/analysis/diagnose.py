@@ -39,8 +39,8 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from .dw import mapped_image
-from .runs import (RunRef, check_runs, finish_figure, load_model, load_run_config, relpath,
-                   write_markdown)
+from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
+                   load_run_config, relpath, write_markdown)
 
 __all__ = ["match_detections", "detection_statistics", "positives_per_gt", "training_tail",
            "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
@@ -333,8 +333,7 @@ def run(args) -> List[str]:
     stats = diagnose_runs(refs, args.score_thresh, args.device, args.max_images)
     descs = {r.name: r.desc for r in refs}
     stem = os.path.join(args.out, f"{args.suite}_diagnosis_{'_'.join(args.runs[1:] or args.runs)}")
-    command = (f"python tools/analysis.py diagnose --suite {args.suite} --runs "
-               f"{' '.join(args.runs)} --seeds {' '.join(map(str, args.seeds))}")
+    command = analysis_command("diagnose", args.suite, args.runs, args.seeds, args.compare_dir)
     header = (f"Diagnosis on the {args.suite} validation split, mean over seeds "
               f"{', '.join(map(str, args.seeds))} (runs in {relpath(args.compare_dir)}; "
               f"detections with score >= {args.score_thresh}). `{command}`")

@@ -34,8 +34,8 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from .dw import mapped_image
-from .runs import (RunRef, check_runs, finish_figure, load_model, load_run_config, relpath,
-                   write_markdown)
+from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
+                   load_run_config, relpath, write_markdown)
 
 __all__ = ["RANGES", "BINS", "classification_loss", "element_gradients", "gradient_statistics", "summarise",
            "write_table", "plot_gradients"]
@@ -216,8 +216,7 @@ def run(args) -> List[str]:
         stats.setdefault(ref.name, []).append(s)
     descs = {r.name: r.desc for r in refs}
     stem = os.path.join(args.out, f"{args.suite}_gradients_{'_'.join(args.runs)}")
-    command = (f"python tools/analysis.py gradients --suite {args.suite} --runs "
-               f"{' '.join(args.runs)} --seeds {' '.join(map(str, args.seeds))}")
+    command = analysis_command("gradients", args.suite, args.runs, args.seeds, args.compare_dir)
     header = (f"Classification gradient by g = |p − y| on the {args.suite} training split "
               f"(test-time size, model in eval mode, each model's own loss), mean over seeds "
               f"{', '.join(map(str, args.seeds))} (runs in {relpath(args.compare_dir)}). "

@@ -15,7 +15,7 @@ from detectron2.config import instantiate
 from ..compare import ROOT, SUITES, is_done, write_markdown
 
 __all__ = ["ROOT", "MissingRunError", "RunRef", "check_runs", "default_compare_dir", "suite_entry",
-           "compare_command", "suite_config", "load_run_config", "load_model",
+           "compare_command", "analysis_command", "suite_config", "load_run_config", "load_model",
            "validation_dataset_name", "write_markdown", "finish_figure", "relpath"]
 
 
@@ -47,6 +47,16 @@ def compare_command(suite: str, names: Sequence[str], seeds: Sequence[int], comp
     if os.path.abspath(compare_dir) != os.path.abspath(default_compare_dir(suite)):
         cmd += f" --output {relpath(compare_dir)}"
     return cmd
+
+
+def analysis_command(tool: str, suite: str, names: Sequence[str], seeds: Sequence[int],
+                     compare_dir: str) -> str:
+    """The ``tools/analysis.py <tool>`` command that reads runs ``names`` with ``seeds`` from
+    ``compare_dir`` (``--compare-dir`` only when it is not the suite's default)."""
+    cmd = f"python tools/analysis.py {tool} --suite {suite}"
+    if os.path.abspath(compare_dir) != os.path.abspath(default_compare_dir(suite)):
+        cmd += f" --compare-dir {relpath(compare_dir)}"
+    return cmd + f" --runs {' '.join(names)} --seeds {' '.join(map(str, seeds))}"
 
 
 def suite_entry(suite: str, name: str):
