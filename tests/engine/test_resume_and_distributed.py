@@ -63,8 +63,10 @@ def test_killed_run_resumes_to_the_uninterrupted_state(tmp_path):
 
     proc = subprocess.Popen(_train(b, 10, extra), env=_env(), cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600
-    while not (b / "model_0000003.pth").exists():
+    # The checkpoint file is renamed into place before ``last_checkpoint`` names it: wait for
+    # the pointer, not the file, so the kill lands after a completed save of iteration >= 3.
+    pointer, deadline = b / "last_checkpoint", time.time() + 600
+    while not (pointer.exists() and pointer.read_text() >= "model_0000003.pth"):
         assert proc.poll() is None, "the run ended before it could be interrupted"
         assert time.time() < deadline
         time.sleep(0.05)
