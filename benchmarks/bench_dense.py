@@ -10,8 +10,9 @@ Rows:
 
 1. DW weighting (bags, centre prior, IoU/GIoU, positive and negative weights; no grad) of the
    batch: the library's ``balanced_det.ops.dw.dw_image_weights`` (the computation
-   ``dw_image_terms`` runs: the (point, GT) pairs of the candidate bags, one ``nonzero`` per
-   image, per-GT sums / min / max by ``index_add_`` / ``scatter_reduce``, no GT loop) against
+   ``dw_image_terms`` runs in ``DWFCOS``: the (point, GT) pairs of the candidate bags from the
+   point grid's cell ranges, per-GT sums / min / max by ``index_add_`` / ``scatter_reduce``,
+   no GT loop; also timed with the pairs from a (G, P) inside test and ``nonzero``) against
    per-GT Python loops written here: the loop form of the same maths (one (P,)-column per GT,
    negative weights normalised on the GT's bag with boolean indexing as the reference,
    strongwolf/DW) -- target >= 5x faster -- and a loop that first compacts each GT's bag
@@ -72,7 +73,7 @@ from dw_dense_reference import (  # noqa: E402  (the dense (P, G) reference form
     dw_pairwise_iou_giou,
     dw_positive_weights,
 )
-from balanced_det.ops.points import grid_points  # noqa: E402
+from balanced_det.ops.points import grid_points, point_grid  # noqa: E402
 from detectron2.config import instantiate  # noqa: E402
 from detectron2.structures import Boxes, Instances  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -109,11 +110,22 @@ def make_inputs(args, device, num_images=2):
     return out
 
 
+def level_sizes(args):
+    """(h, w) of P3-P7 on the padded input."""
+    h, w = padded(image_size(args))
+    return [(-(-h // s), -(-w // s)) for s in STRIDES]
+
+
+def dense_grid(args, device):
+    """The :class:`PointGrid` of :func:`dense_predictions`' points (what ``DWFCOS`` passes to
+    ``dw_image_terms``)."""
+    return point_grid(level_sizes(args), STRIDES, device=device)
+
+
 def dense_predictions(args, device):
     """Points of the padded input, joint scores (with grad) and predicted boxes per image."""
     h, w = padded(image_size(args))
-    sizes = [(-(-h // s), -(-w // s)) for s in STRIDES]
-    points, strides, _ = grid_points(sizes, STRIDES, device=device)
+    points, strides, _ = grid_points(level_sizes(args), STRIDES, device=device)
     g = torch.Generator().manual_seed(0)
     R, C = points.shape[0], args.num_classes
     logits = (torch.randn(2, R, C, generator=g) * 2 - 3).to(device)
@@ -125,10 +137,11 @@ def dense_predictions(args, device):
 
 
 # ----------------------------------------------------------------------------- DW weighting
-def dw_weights_library(points, strides, scores, boxes, gts, num_classes):
+def dw_weights_library(points, strides, scores, boxes, gts, num_classes, grid=None):
     """All DW weights of the batch, as the library computes them (``dw_image_weights``: bag pairs
-    only, what ``dw_image_terms`` runs before its loss sums)."""
-    return [dw_image_weights(s, b, points, strides, gb, gl) for s, b, (gb, gl)
+    only, what ``dw_image_terms`` runs before its loss sums; with ``grid``, as ``DWFCOS`` runs
+    it: the pairs from the cells' index ranges)."""
+    return [dw_image_weights(s, b, points, strides, gb, gl, grid=grid) for s, b, (gb, gl)
             in zip(scores, boxes, gts)]
 
 
@@ -238,8 +251,11 @@ def bench_dw(args, device) -> List[Dict]:
     with torch.no_grad():
         scores = logits.sigmoid() * obj.sigmoid()
         boxes = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
+    grid = dense_grid(args, device)
     # sanity: every version gives the same weights
-    a = dw_weights_library(points, strides, scores, boxes, gts, C)
+    a = dw_weights_library(points, strides, scores, boxes, gts, C, grid)
+    for wa, wm in zip(a, dw_weights_library(points, strides, scores, boxes, gts, C)):
+        assert all(torch.equal(u, v) for u, v in zip(wa, wm)), "grid pairs differ from the mask's"
     b = dw_weights_per_gt_loop(points, strides, scores, boxes, gts, C)
     d = dw_weights_dense(points, strides, scores, boxes, gts, C)
     e = dw_weights_per_gt_columns(points, strides, scores, boxes, gts, C)
@@ -256,6 +272,10 @@ def bench_dw(args, device) -> List[Dict]:
 
     def ours():
         with torch.no_grad():
+            dw_weights_library(points, strides, scores, boxes, gts, C, grid)
+
+    def ours_mask():
+        with torch.no_grad():
             dw_weights_library(points, strides, scores, boxes, gts, C)
 
     def dense():
@@ -271,6 +291,7 @@ def bench_dw(args, device) -> List[Dict]:
             dw_weights_per_gt_columns(points, strides, scores, boxes, gts, C)
 
     t_ours = timeit(ours, device, args.repeats)
+    t_mask = timeit(ours_mask, device, args.repeats)
     t_loop = timeit(loop, device, args.repeats)
     t_dense = timeit(dense, device, args.repeats)
     t_cols = timeit(columns, device, args.repeats)
@@ -281,7 +302,7 @@ def bench_dw(args, device) -> List[Dict]:
     def vec_loss():
         s = lg.sigmoid() * obj.sigmoid()
         bx = torch.cat([points - lt[..., :2], points + lt[..., 2:]], -1)
-        terms = [dw_image_terms(s[i], bx[i], points, strides, gb, gl)
+        terms = [dw_image_terms(s[i], bx[i], points, strides, gb, gl, grid=grid)
                  for i, (gb, gl) in enumerate(gts)]
         sum(dw_losses(terms).values()).backward()
 
@@ -301,6 +322,9 @@ def bench_dw(args, device) -> List[Dict]:
              target=5.0),
         dict(name="DW weights (same)", ours=t_ours, ref=t_loop,
              ref_name="per-GT loop over bag points", kind="speedup", target=None),
+        dict(name="DW weights (same), bag pairs from the cells' index ranges (grid) vs a "
+             "(G, P) inside test and nonzero", ours=t_ours, ref=t_mask,
+             ref_name="(G, P) inside test", kind="speedup", target=None),
         dict(name="DW weights: dense (P, G) form (dense reference forms of tests/ops/dw_dense_reference.py; the previous "
              "dw_image_terms), for comparison", ours=t_dense, ref=t_cols,
              ref_name="per-GT loop over all points", kind="speedup", target=None),

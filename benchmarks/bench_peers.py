@@ -62,7 +62,8 @@ from balanced_det.ops import (  # noqa: E402
     renormalize_to_loss,
 )
 from balanced_det.ops.boxes import aligned_iou  # noqa: E402
-from bench_dense import dense_predictions, dw_weights_library, dw_weights_per_gt_loop  # noqa: E402
+from bench_dense import (  # noqa: E402
+    dense_grid, dense_predictions, dw_weights_library, dw_weights_per_gt_loop)
 from bench_two_stage import make_batch  # noqa: E402
 from detectron2.modeling.box_regression import Box2BoxTransform  # noqa: E402
 from tqdm import tqdm  # noqa: E402
@@ -444,7 +445,8 @@ def bench(args, device, mm) -> List[Dict]:
         boxes_d = torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], -1)
         dw_args = (points, strides, scores, boxes_d, gts, C)
         loop_ms = t(lambda: dw_weights_per_gt_loop(*dw_args))
-        ours_ms = t(lambda: dw_weights_library(*dw_args))
+        grid = dense_grid(args, device)
+        ours_ms = t(lambda: dw_weights_library(*dw_args, grid=grid))
     rows.append(dict(name="DW weights vs the authors' per-GT loop (2 img)", peer=loop_ms,
                      ours=ours_ms, agree=None, shared=None,
                      note=f"{points.shape[0]} points, {args.num_gt} GTs per image; agreement "

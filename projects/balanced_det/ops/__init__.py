@@ -19,7 +19,16 @@ from .isr import (
     unique_gt_ids_from_pairs,
 )
 from .noisy_anchor import noisy_anchor_soft_targets, soft_target_focal_loss, topn_candidates
-from .points import centerness_target, fcos_assign, fcos_scale_ranges, grid_points, point_box_ltrb
+from .points import (
+    PointGrid,
+    centerness_target,
+    fcos_assign,
+    fcos_scale_ranges,
+    grid_inside_pairs,
+    grid_points,
+    point_box_ltrb,
+    point_grid,
+)
 from .samplers import instance_balanced_pos_sample, iou_balanced_neg_sample, ohem_topk, random_choice
 from .sampling_free import (
     class_adaptive_thresholds,

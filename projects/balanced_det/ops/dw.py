@@ -33,6 +33,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..utils.checks import check_int
+from .points import PointGrid, grid_inside_pairs
 
 __all__ = [
     "DWImageWeights",
@@ -126,6 +127,7 @@ def _chunk_pairs(
     sig: Tensor,
     neg_flat: Tensor,
     keep_giou: bool,
+    grid: Optional[PointGrid] = None,
 ) -> _ChunkPairs:
     """DW weights of one GT chunk on its bag pairs.
 
@@ -136,11 +138,16 @@ def _chunk_pairs(
         neg_flat: (P * C) ``P_neg``, reduced in place (``amin``) with the chunk's ``y``.
         keep_giou: return the pairs' GIoU loss, with its graph to ``boxes_t`` when grad mode is
             on (the weights use it detached).
+        grid: the points' :class:`~balanced_det.ops.points.PointGrid`, or ``None``.
     """
     Gc = gb.shape[0]
     with torch.no_grad():
-        # the bag pairs, GT-major; nonzero is the host synchronisation (K is data-dependent)
-        gj, pi = _inside_gt_major(pts_t[0], pts_t[1], gb).nonzero().unbind(1)
+        # the bag pairs, GT-major then point-ascending; one host synchronisation (K is
+        # data-dependent): the pair count of the grid's cell ranges, or nonzero of the mask
+        if grid is not None:
+            gj, pi = grid_inside_pairs(grid, gb)
+        else:
+            gj, pi = _inside_gt_major(pts_t[0], pts_t[1], gb).nonzero().unbind(1)
         keys = pi * C + gl.index_select(0, gj)
         gbt = gb.t()
         g = [gbt[c].index_select(0, gj) for c in range(4)]  # x1, y1, x2, y2 of each pair's GT
@@ -224,6 +231,12 @@ def _prepare(scores, pred_boxes, points, strides, gt_boxes, gt_labels, sigma, gt
     return s, pred_boxes.float(), points.float(), strides.float(), gtb, labels, sig, chunk
 
 
+def _check_grid(grid: Optional[PointGrid], num_points: int) -> None:
+    if grid is not None and grid.num_points != num_points:
+        raise ValueError(f"grid describes {grid.num_points} points but the scores have "
+                         f"{num_points} rows: pass the PointGrid of the same grid_points call")
+
+
 @torch.no_grad()
 def dw_image_weights(
     scores: Tensor,
@@ -234,11 +247,12 @@ def dw_image_weights(
     gt_labels: Tensor,
     sigma: Union[float, Tensor] = 1.11,
     gt_chunk_size: Optional[int] = 256,
+    grid: Optional[PointGrid] = None,
 ) -> DWImageWeights:
     """DW positive and negative weights of one image (module docstring formulas), detached, as
     :class:`DWImageWeights`: the computation :func:`dw_image_terms` runs, without the loss sums.
 
-    Args: as :func:`dw_image_terms`.
+    Args: as :func:`dw_image_terms` (``grid`` included).
     Returns:
         :class:`DWImageWeights` (K bag pairs, ``neg`` (P, C)).
     """
@@ -246,13 +260,14 @@ def dw_image_weights(
         scores, pred_boxes, points, strides, gt_boxes, gt_labels, sigma, gt_chunk_size
     )
     P, C = s.shape
+    _check_grid(grid, P)
     s_flat, boxes_t, pts_t = s.reshape(-1), boxes.t(), _columns(pts)
     neg_flat = torch.ones(P * C, device=s.device, dtype=torch.float32)
     pis, gjs, ws = [], [], []
     for start in range(0, gtb.shape[0], chunk):
         sl = slice(start, start + chunk)
         cp = _chunk_pairs(s_flat, C, boxes_t, pts_t, strd, gtb[sl], labels[sl], sig[sl],
-                          neg_flat, keep_giou=False)
+                          neg_flat, keep_giou=False, grid=grid)
         pis.append(cp.pi)
         gjs.append(cp.gj + start)
         ws.append(cp.w)
@@ -271,11 +286,12 @@ def dw_image_terms(
     gt_labels: Tensor,
     sigma: Union[float, Tensor] = 1.11,
     gt_chunk_size: Optional[int] = 256,
+    grid: Optional[PointGrid] = None,
 ) -> DWImageTerms:
     """DW loss terms of one image, before normalisation (module docstring formulas).
 
     Computed on the K (point, GT) pairs of the candidate bags, without (P, G) float matrices;
-    one host synchronisation (``nonzero``) per image, or per GT chunk.
+    one host synchronisation (the pair count) per image, or per GT chunk.
 
     Args:
         scores: (P, C) joint scores ``s = sigmoid(cls) * sigmoid(obj)`` (with grad).
@@ -285,6 +301,11 @@ def dw_image_terms(
         sigma: centre-prior sigma (float or (C, 2)), default 1.11.
         gt_chunk_size: process at most this many GTs at a time (``None``: all at once). With
             several chunks the localisation term is recomputed in backward (checkpoint).
+        grid: when ``points`` are exactly ``grid_points(sizes, strides, offset)``, their
+            :class:`~balanced_det.ops.points.PointGrid` (:func:`~balanced_det.ops.points.point_grid`
+            of the same arguments): the bag pairs are then enumerated from each GT's cell
+            ranges (:func:`~balanced_det.ops.points.grid_inside_pairs`, O(K)) instead of a (G, P)
+            inside test; the same pairs in the same order, so the same results.
     Returns:
         :class:`DWImageTerms`. With zero GTs (or only empty bags): ``pos_cls = pos_loc = 0``
         attached to the graph, ``P_neg = 1`` everywhere (``neg`` is the plain weighted negative
@@ -294,6 +315,7 @@ def dw_image_terms(
         scores, pred_boxes, points, strides, gt_boxes, gt_labels, sigma, gt_chunk_size
     )
     P, C = s.shape
+    _check_grid(grid, P)
     G = gtb.shape[0]
     s_flat = s.detach().reshape(-1)
     pts_t = _columns(pts)
@@ -309,7 +331,7 @@ def dw_image_terms(
         # when training; several chunks: recomputed in backward under checkpoint
         recompute = grad and chunked
         cp = _chunk_pairs(s_flat, C, (boxes.detach() if recompute else boxes).t(), pts_t, strd,
-                          gb, labels[sl], sig[sl], neg_flat, keep_giou=not recompute)
+                          gb, labels[sl], sig[sl], neg_flat, keep_giou=not recompute, grid=grid)
         keys.append(cp.keys)
         ws.append(cp.w)
         if recompute:

@@ -1,11 +1,12 @@
 """Point grids and FCOS-style point-to-box assignment. See docs/methods/fcos.md."""
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 
-__all__ = ["grid_points", "point_box_ltrb", "fcos_assign", "fcos_scale_ranges", "centerness_target"]
+__all__ = ["grid_points", "PointGrid", "point_grid", "grid_inside_pairs", "point_box_ltrb",
+           "fcos_assign", "fcos_scale_ranges", "centerness_target"]
 
 
 def grid_points(
@@ -29,6 +30,82 @@ def grid_points(
         strd.append(torch.full((h * w,), float(s), device=device, dtype=dtype))
         counts.append(h * w)
     return torch.cat(pts), torch.cat(strd), counts
+
+
+class PointGrid(NamedTuple):
+    """The layout of the points :func:`grid_points` makes: ``levels`` (L, 4) float64 rows
+    ``(stride, width, height, index of the level's first point)`` on the points' device, the
+    cell ``offset`` and the number of points. Made by :func:`point_grid`; used by
+    :func:`grid_inside_pairs`."""
+
+    levels: torch.Tensor
+    offset: float
+    num_points: int
+
+
+def point_grid(sizes: Sequence[Tuple[int, int]], strides: Sequence[int], offset: float = 0.5,
+               device=None) -> PointGrid:
+    """:class:`PointGrid` of ``grid_points(sizes, strides, offset)`` (same arguments). One small
+    host-to-device copy (pinned and asynchronous on CUDA)."""
+    if len(sizes) != len(strides):
+        raise ValueError(f"point_grid: {len(sizes)} level sizes but {len(strides)} strides")
+    rows, first = [], 0
+    for (h, w), s in zip(sizes, strides):
+        rows.append((float(s), float(w), float(h), float(first)))
+        first += int(h) * int(w)
+    levels = torch.tensor(rows, dtype=torch.float64).reshape(-1, 4)
+    device = torch.device(device) if device is not None else levels.device
+    if device.type == "cuda":
+        levels = levels.pin_memory().to(device, non_blocking=True)
+    else:
+        levels = levels.to(device)
+    return PointGrid(levels, float(offset), first)
+
+
+def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Every (box j, point i) with the point strictly inside the box (``x1 < x < x2``,
+    ``y1 < y < y2``), for points laid out by ``grid``, without a (G, P) test.
+
+    On each level the points inside a box form a rectangle of cells: its first column is the
+    smallest ``i`` with ``p(i) = (i + offset) s > x1``, its end the smallest with ``p(i) >= x2``
+    (rows likewise). Each bound is estimated in float64 and settled by comparing the float32
+    points ``p`` of the three candidates around it (computed as :func:`grid_points` computes
+    them), so the pairs are exactly those of the float32 test ``min(x - x1, x2 - x, y - y1,
+    y2 - y) > 0``. One host synchronisation (the pair count).
+
+    Args:
+        grid: :class:`PointGrid` of the points; boxes: (G, 4) XYXY.
+    Returns:
+        ``(box_index, point_index)``, each (K,) int64, box-major then point-ascending (the
+        order of ``inside_mask(G, P).nonzero()``).
+    """
+    lv = grid.levels
+    stride, size, first = lv[:, 0], lv[:, 1:3].t(), lv[:, 3]  # size: (2, L) widths, heights
+    L, device = lv.shape[0], boxes.device
+    bt = boxes.float().t()
+    edges = torch.stack([torch.stack([bt[0], bt[1]]), torch.stack([bt[2], bt[3]])])  # (2, 2, G)
+    # candidates i0, i0 + 1, i0 + 2, i0 + 3 around (edge / s - offset); the bound is i0 plus the
+    # number of the first three that are not past the edge (p <= lower edge; p < upper edge)
+    i0 = torch.floor(edges.double()[..., None] / stride - grid.offset) - 1  # (2, 2, G, L)
+    cand = i0[..., None] + torch.arange(3, device=device, dtype=torch.float64)
+    p = (cand.float() + grid.offset) * stride.float()[:, None]  # float32, as grid_points
+    e = edges[..., None, None]
+    not_past = torch.stack([p[0] <= e[0], p[1] < e[1]])
+    bound = (i0 + not_past.sum(-1)).long()  # (2 lower/upper, 2 x/y, G, L)
+    lo = bound[0].clamp(min=0)
+    hi = torch.minimum(bound[1], size.long()[:, None, :])
+    n = (hi - lo).clamp(min=0)  # (2, G, L) columns, rows
+    counts = (n[0] * n[1]).reshape(-1)  # (G * L), box-major
+    k = int(counts.sum())  # the host synchronisation
+    block = torch.repeat_interleave(counts, output_size=k)
+    r = torch.arange(k, device=device) - (counts.cumsum(0) - counts).index_select(0, block)
+    cols = n[0].reshape(-1).index_select(0, block)
+    ix = lo[0].reshape(-1).index_select(0, block) + r % cols
+    iy = lo[1].reshape(-1).index_select(0, block) + torch.div(r, cols, rounding_mode="floor")
+    level = block % L
+    point = (first.long().index_select(0, level) + iy * size[0].long().index_select(0, level)
+             + ix)
+    return torch.div(block, L, rounding_mode="floor"), point
 
 
 def point_box_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:

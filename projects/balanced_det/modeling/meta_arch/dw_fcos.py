@@ -18,6 +18,7 @@ from detectron2.structures import ImageList, Instances
 
 from ...ops.box_refine import refine_ltrb
 from ...ops.dw import dw_image_terms, dw_losses
+from ...ops.points import PointGrid, point_grid
 from ...utils.checks import check_int, check_range
 from ...utils.events import put_tensor_scalars
 from ...utils.signature import with_base_signature
@@ -83,26 +84,32 @@ class DWFCOS(DensePointDetector):
     def forward_training(self, images: ImageList, features: List[Tensor],
                          predictions: Dict[str, List[Tensor]], gt_instances: List[Instances]):
         points, strides, _ = self.points(features)
+        grid = point_grid([f.shape[-2:] for f in features], self.strides, self.anchor_offset,
+                          device=points.device)
         with torch.autocast(device_type=points.device.type, enabled=False):
             scores = self.scores(predictions)
             boxes = decode_ltrb(points, self.box_distances(predictions, strides))
-            return self.losses(scores, boxes, points, strides, gt_instances)
+            return self.losses(scores, boxes, points, strides, gt_instances, grid=grid)
 
     def losses(self, scores: Tensor, pred_boxes: Tensor, points: Tensor, strides: Tensor,
-               gt_instances: List[Instances]) -> Dict[str, Tensor]:
+               gt_instances: List[Instances],
+               grid: Optional[PointGrid] = None) -> Dict[str, Tensor]:
         """DW losses of a batch.
 
         Args:
             scores: (N, R, C) joint scores (with grad); pred_boxes: (N, R, 4) decoded boxes.
             points: (R, 2); strides: (R,).
             gt_instances: per image ``gt_boxes``, ``gt_classes``.
+            grid: the points' :class:`~balanced_det.ops.points.PointGrid` (bag pairs from cell
+                ranges, :func:`~balanced_det.ops.dw.dw_image_terms`), or ``None``.
         Returns:
             ``loss_cls_pos``, ``loss_loc``, ``loss_cls_neg`` (float32).
         """
         terms = [
             dw_image_terms(scores[i], pred_boxes[i], points, strides,
                            inst.gt_boxes.tensor, inst.gt_classes,
-                           sigma=self.center_prior_sigma, gt_chunk_size=self.gt_chunk_size)
+                           sigma=self.center_prior_sigma, gt_chunk_size=self.gt_chunk_size,
+                           grid=grid)
             for i, inst in enumerate(gt_instances)
         ]
         local = torch.stack([torch.stack([t.num_gt for t in terms]).sum(),
