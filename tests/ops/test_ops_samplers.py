@@ -1,5 +1,6 @@
 """balanced_det.ops.samplers: random, instance-balanced, IoU-balanced, OHEM
 (docs/methods/libra.md, docs/methods/ohem.md)."""
+import pytest
 import torch
 
 from balanced_det.ops.samplers import (
@@ -62,6 +63,27 @@ def test_instance_balanced_cap_and_subset():
     for seed in range(50):
         seen[instance_balanced_pos_sample(gt, 20, gen(seed))] = True
     assert seen.all()
+
+
+@pytest.mark.parametrize("num_expected, num_gts, cap", [
+    (147, 98, 3),  # 1.5: ties to 2 (a reciprocal-times-P division gives 1.4999... -> 1)
+    (75, 30, 3),  # 2.5: ties to 2
+    (91, 14, 7),  # 6.5: ties to 6
+    (183, 122, 3),  # 1.5
+    (150, 60, 3),  # 2.5
+    (100, 30, 4),  # 3.33 -> 3
+])
+def test_instance_balanced_cap_rounds_ties_to_even(num_expected, num_gts, cap):
+    """cap = round(P / G) + 1 with exact ties to even (as Python's round(P / G) + 1): with 8
+    candidates per GT, some GT gets exactly cap picks and none more."""
+    assert round(num_expected / num_gts) + 1 == cap
+    gt = torch.arange(num_gts).repeat_interleave(8)
+    most = 0
+    for seed in range(5):
+        idx = instance_balanced_pos_sample(gt, num_expected, gen(seed))
+        assert idx.numel() == num_expected
+        most = max(most, int(torch.bincount(gt[idx]).max()))
+    assert most == cap
 
 
 def test_instance_balanced_small_and_empty():

@@ -74,9 +74,11 @@ def instance_balanced_pos_sample(
     ids, order = gt_ids.index_select(0, perm).sort(stable=True)
     members = perm.index_select(0, order)  # grouped by GT, uniformly random order inside
     rank = torch.arange(n, device=device) - torch.searchsorted(ids, ids)  # rank inside the GT
-    # cap = round(P / G) + 1 in float32: P / G is a tie (k + 0.5) exactly or at least 1 / (2 G) from one
-    cap = torch.round(num_expected / (rank == 0).sum()) + 1
-    key = _rand(n, generator, device) + (rank < cap)  # tier 1: within the cap
+    num_gts = (rank == 0).sum().double()
+    # round(P / G) + 1 with P / G one correctly rounded float64 division (a tie k + 0.5 is then
+    # exact; ``scalar / tensor`` would multiply by a rounded reciprocal and can miss it)
+    cap = torch.round(num_gts.new_full((), float(num_expected)) / num_gts) + 1
+    key = (rank < cap).double() + _rand(n, generator, device)  # tier 1: within the cap
     return members.index_select(0, key.topk(k, sorted=False).indices)
 
 
