@@ -53,6 +53,20 @@ def test_pairs_equal_the_inside_test_on_random_grids_and_boxes_on_the_points():
     assert on_edge > 100  # the boundary case (a point on an edge: outside) was exercised
 
 
+@pytest.mark.parametrize("offset", [0.5, 0.0])
+def test_pairs_equal_the_inside_test_for_infinite_huge_and_nan_edges(offset):
+    sizes, strides = [(5, 7), (3, 4), (1, 1)], [8, 16, 32]
+    points, _, _ = grid_points(sizes, strides, offset)
+    inf, nan = float("inf"), float("nan")
+    boxes = torch.tensor([[0, 0, inf, 50], [-inf, -inf, inf, inf], [nan, 0, 50, 50],
+                          [0, 0, 1e20, 50], [-1e30, 5, 1e30, 1e30], [10, 10, 20, nan],
+                          [1e20, 0, 2e20, 50], [-2e20, 0, -1e20, 50]])
+    ref = mask_pairs(points, boxes)
+    out = grid_inside_pairs(point_grid(sizes, strides, offset), boxes)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    assert set(ref[0].tolist()) == {0, 1, 3, 4}
+
+
 def test_hand_computed_cells():
     # one level, stride 8, offset 0.5: points at x, y = 4, 12, 20, 28 (4 x 2 grid)
     grid = point_grid([(2, 4)], [8])

@@ -71,7 +71,9 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     (rows likewise). Each bound is estimated in float64 and settled by comparing the float32
     points ``p`` of the three candidates around it (computed as :func:`grid_points` computes
     them), so the pairs are exactly those of the float32 test ``min(x - x1, x2 - x, y - y1,
-    y2 - y) > 0``. One host synchronisation (the pair count).
+    y2 - y) > 0`` (infinite edges included; a box with a NaN coordinate contains no point).
+    One host synchronisation (the pair count). The points are float32, as ``grid_points``
+    makes them by default.
 
     Args:
         grid: :class:`PointGrid` of the points; boxes: (G, 4) XYXY.
@@ -87,6 +89,8 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     # candidates i0, i0 + 1, i0 + 2, i0 + 3 around (edge / s - offset); the bound is i0 plus the
     # number of the first three that are not past the edge (p <= lower edge; p < upper edge)
     i0 = torch.floor(edges.double()[..., None] / stride - grid.offset) - 1  # (2, 2, G, L)
+    # inside [-3, size + 1], so infinite or huge edges give bounds 0 / size, not int64 overflow
+    i0 = torch.minimum(i0.clamp(min=-3.0), size[:, None, :] + 1)
     cand = i0[..., None] + torch.arange(3, device=device, dtype=torch.float64)
     p = (cand.float() + grid.offset) * stride.float()[:, None]  # float32, as grid_points
     e = edges[..., None, None]
@@ -95,6 +99,7 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     lo = bound[0].clamp(min=0)
     hi = torch.minimum(bound[1], size.long()[:, None, :])
     n = (hi - lo).clamp(min=0)  # (2, G, L) columns, rows
+    n = n * ~bt.isnan().any(0)[:, None]  # a NaN coordinate: no point inside (as the mask test)
     counts = (n[0] * n[1]).reshape(-1)  # (G * L), box-major
     k = int(counts.sum())  # the host synchronisation
     block = torch.repeat_interleave(counts, output_size=k)
