@@ -138,7 +138,7 @@ def test_dw_fcos_training_passes_its_grid(monkeypatch):
 
     def spy(*args, grid=None, **kwargs):
         seen.append(grid)
-        return original(*args, grid=None if drop=="yes" else grid, **kwargs)
+        return original(*args, grid=None if drop == "yes" else grid, **kwargs)
 
     losses = {}
     for drop in ("no", "yes"):
