@@ -351,6 +351,47 @@ def test_detection_matching_hand_values():
     assert empty["gt_num_matches"].tolist() == [0, 0]
 
 
+def test_class_aware_matching_and_top_detection_kinds_hand_values():
+    from tools.analysis import diagnose
+
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30]])
+    gt_classes = torch.tensor([0, 1])
+    # on GT 0: class 0 (IoU 1), class 0 again (0.81), class 1 (1.0: another class's object);
+    # the left half of GT 1 with class 1 (IoU 0.5: a match); one on background
+    dets = torch.tensor([[0.0, 0, 10, 10], [0, 0, 9, 9], [0, 0, 10, 10], [20, 20, 25, 30],
+                         [50, 50, 60, 60]])
+    scores = torch.tensor([0.9, 0.6, 0.8, 0.7, 0.3])
+    classes = torch.tensor([0, 0, 1, 1, 0])
+    m = diagnose.match_detections(dets, scores, gt, classes, gt_classes)
+    np.testing.assert_allclose(m["det_max_iou"], [1.0, 0.81, 0.0, 0.5, 0.0])
+    np.testing.assert_allclose(m["det_other_class_iou"], [0.0, 0.0, 1.0, 0.0, 0.0])
+    assert m["gt_num_matches"].tolist() == [2, 1]
+    m.update(scores=scores.numpy(), classes=classes.numpy(), gt_classes=gt_classes.numpy())
+    st = diagnose.detection_statistics([m])
+    # unmatched (IoU < 0.5 with their class): the class-1 box on GT 0 and the background box
+    assert st["other_class_share"] == pytest.approx(0.5)
+    # class 0 has 1 GT: its top-1 (0.9) is true; class 1 has 1 GT: its top-1 is the 0.8 box on
+    # GT 0 (another class's object); the lower-ranked ones are not counted
+    k = diagnose.top_detection_kinds([m], num_classes=3)
+    assert k["kinds"] == {"true": 0.5, "duplicate": 0.0, "other class": 0.5,
+                          "localisation": 0.0, "background": 0.0}
+    assert k["other_class"][:2] == [0.0, 1.0] and np.isnan(k["other_class"][2])
+    # with two GTs of class 0 in a second image, class 0's top 2 are the 0.9 (true) and the
+    # 0.6 box (duplicate: its GT is taken); the second image's detection ranks below them
+    m2 = diagnose.match_detections(torch.tensor([[0.0, 0, 4, 10]]), torch.tensor([0.5]),
+                                   torch.tensor([[0.0, 0, 10, 10]]), torch.tensor([0]),
+                                   torch.tensor([0]))
+    m2.update(scores=np.array([0.5]), classes=np.array([0]), gt_classes=np.array([0]))
+    k = diagnose.top_detection_kinds([m, m2], num_classes=2)
+    assert k["kinds"]["duplicate"] == pytest.approx(1 / 3)
+    assert k["kinds"]["true"] == pytest.approx(1 / 3)
+    assert k["kinds"]["other class"] == pytest.approx(1 / 3)
+    # without classes every GT matches: the class-1 box on GT 0 is a match again
+    agnostic = diagnose.match_detections(dets, scores, gt)
+    assert agnostic["gt_num_matches"].tolist() == [3, 1]
+    assert not agnostic["det_other_class_iou"].any()
+
+
 def test_diagnosis_of_a_dw_model_table_and_figure(tmp_path):
     from tools.analysis import diagnose
 
@@ -434,11 +475,48 @@ def test_gradients_of_focal_loss_follow_its_derivative(tmp_path):
     expected = a * g ** gamma * (g - gamma * (1 - g) * np.log1p(-g))
     np.testing.assert_allclose(e["grad"] / e["grad"].sum(), expected / expected.sum(),
                                rtol=2e-3, atol=1e-9)
+    # the negatives of a positive anchor are the other C - 1 classes of it
+    assert not (e["other_class"] & e["positive"]).any()
+    assert e["other_class"].sum() == e["positive"].sum() * (model.num_classes - 1)
     s = gradients.summarise([e], len(items))
     assert sum(s["hist_pos"]) + sum(s["hist_neg"]) == n_valid
     assert sum(s["count_pos"]) * len(items) == pytest.approx(e["positive"].sum())
     assert sum(s["share_pos"]) + sum(s["share_neg"]) == pytest.approx(1.0)
     assert sum(s["grad_pos"]) == pytest.approx(sum(s["share_pos"]))
+
+
+def test_gradients_of_sampling_free_are_bce_times_its_guided_ratio(tmp_path):
+    """Sampling-Free's classification gradient is plain BCE's ``|p - y| / P`` times
+    ``w_cls r``, ``r = w_reg L_reg / L_cls``: the value of ``w_cls r L_cls`` is
+    ``w_cls w_reg L_reg`` (Eq. 6), so ``w_cls r = w_cls * loss_box_reg / L_cls`` of the
+    model's own losses."""
+    from tools.analysis import gradients
+
+    model, items = _retinanet_batch("sampling_free_retinanet_effnet_lite0_FPN.py", tmp_path)
+    e = gradients.element_gradients(model, items)
+    g = e["g"].astype(np.float64)
+    np.testing.assert_allclose(e["grad"] / e["grad"].sum(), g / g.sum(), rtol=2e-3, atol=1e-9)
+    with torch.no_grad():
+        images = model.preprocess_image(items)
+        feats = model.backbone(images.tensor)
+        feats = [feats[f] for f in model.head_in_features]
+        logits, deltas = model._transpose_dense_predictions(model.head(feats),
+                                                            [model.num_classes, 4])
+        anchors = model.anchor_generator(feats)
+        labels, boxes = model.label_anchors(anchors, [x["instances"] for x in items])
+        with EventStorage(0):
+            out = model.losses(anchors, logits, labels, deltas, boxes)
+        x = torch.cat(logits, dim=1)
+        lab = torch.stack(labels)
+        valid = lab >= 0
+        y = torch.nn.functional.one_hot(lab.clamp(min=0), model.num_classes + 1)[..., :-1]
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(
+            x, y.float(), reduction="none")[valid].sum()
+    scale = model.guided_loss.w_cls * float(out["loss_box_reg"]) * float(
+        model.loss_normalizer) / float(bce)
+    assert 0 < scale < 1  # L_reg is far below BCE summed over every anchor
+    num_pos = float((valid & (lab != model.num_classes)).sum())
+    assert e["grad"].sum() == pytest.approx(scale * g.sum() / num_pos, rel=2e-3)
 
 
 def test_gradient_summary_hand_values():
@@ -447,8 +525,11 @@ def test_gradient_summary_hand_values():
     e = {"g": np.array([0.05, 0.5, 0.95, 0.4, 0.35, 1.0], dtype=np.float32),
          "positive": np.array([True, True, False, False, False, False]),
          "grad": np.array([1.0, 1.0, 2.0, 4.0, 2.0, 0.0], dtype=np.float32),
-         "far": np.array([False, False, True, False, True, True])}
+         "far": np.array([False, False, True, False, True, True]),
+         "other_class": np.array([False, False, False, True, True, False])}
     s = gradients.summarise([e], num_images=2)
+    assert s["other_class_count"] == 1.0 and s["other_class_share"] == pytest.approx(0.6)
+    assert s["grad_per_image"] == pytest.approx(5.0)
     assert s["count_pos"] == [0.5, 0.0, 0.5, 0.0, 0.0]
     assert s["count_neg"] == [0.0, 0.0, 1.0, 0.0, 1.0]  # g = 1.0 is in the last range
     np.testing.assert_allclose(s["share_pos"], [0.1, 0.0, 0.1, 0.0, 0.0])

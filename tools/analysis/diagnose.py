@@ -13,12 +13,18 @@ Per run (averaged over the seeds given):
   (IoU < 0.5 with every GT): how far apart true and false positives sit;
 - score–IoU correlation over detections with IoU >= 0.5 (Pearson; DW's claim is a score that
   ranks by localisation quality);
+- the share of unmatched detections that lie on an object of another class (IoU >= 0.5);
+- what each class's N highest-scoring detections are, N its number of GTs (all saved
+  detections, whatever their score: the ranking AP sees), matched greedily in score order as
+  COCO does: true positive, duplicate, another class's object, poor localisation (IoU 0.1–0.5
+  with its class) or background — pooled over classes, and the other-class share per class;
 - FCOS family: FCOS positives per GT (FCOS's own assignment) by level, and for DW-FCOS the
   candidate-bag size, the positive-weight mass ``sum w_pos`` and the effective number of
   positives ``(sum w)^2 / sum w^2`` per GT;
 - from ``metrics.json``: the median over the last fifth of training of each loss and of the
   gradient norm (before clipping).
 
+A detection matches a GT of its own class only (COCO's rule; one-class data is unaffected).
 A run without its checkpoint (restored from ``tools/compare.py --records``) is diagnosed from
 the detections its last evaluation saved (``val_detections.json.gz``): the detection rows and
 the training tail, not the positives per GT (they need the model).
@@ -28,7 +34,7 @@ from __future__ import annotations
 import json
 import os
 import statistics
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -42,30 +48,88 @@ from .dw import mapped_image
 from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
                    load_run_config, relpath, write_markdown)
 
-__all__ = ["match_detections", "detection_statistics", "positives_per_gt", "training_tail",
+__all__ = ["match_detections", "top_detection_kinds", "detection_statistics", "positives_per_gt", "training_tail",
            "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
 
 MATCH_IOU = 0.5
 
 
-def match_detections(boxes: torch.Tensor, scores: torch.Tensor, gt_boxes: torch.Tensor
-                     ) -> Dict[str, np.ndarray]:
-    """One image: ``iou`` (D, G) between detections and GTs and per-detection / per-GT
-    summaries: ``det_max_iou`` (D,), ``gt_max_iou`` (G,), ``gt_num_matches`` (G,) detections
-    with IoU >= 0.5, ``gt_best_score`` (G,) score of the best-scoring such detection (NaN
-    without one)."""
+def match_detections(boxes: torch.Tensor, scores: torch.Tensor, gt_boxes: torch.Tensor,
+                     classes: Optional[torch.Tensor] = None,
+                     gt_classes: Optional[torch.Tensor] = None) -> Dict[str, np.ndarray]:
+    """One image: ``iou`` (D, G) between detections and the GTs of their class (0 for a GT of
+    another class; every pair without ``classes``) and per-detection / per-GT summaries:
+    ``det_max_iou`` (D,), ``det_other_class_iou`` (D,) best IoU with a GT of another class,
+    ``gt_max_iou`` (G,), ``gt_num_matches`` (G,) detections with IoU >= 0.5,
+    ``gt_best_score`` (G,) score of the best-scoring such detection (NaN without one)."""
     d, g = boxes.shape[0], gt_boxes.shape[0]
     iou = (pairwise_iou(Boxes(boxes), Boxes(gt_boxes)) if d and g
            else torch.zeros(d, g))
+    other = torch.zeros(d)
+    if classes is not None and gt_classes is not None:
+        same = classes.reshape(-1, 1) == gt_classes.reshape(1, -1)
+        if d and g:
+            other = torch.where(same, 0.0, iou).amax(dim=1)
+        iou = torch.where(same, iou, 0.0)
     match = iou >= MATCH_IOU
     best = torch.where(match, scores[:, None].expand(d, g), torch.full_like(iou, -1.0))
     best = best.amax(dim=0) if d else torch.full((g,), -1.0)
     return {
         "iou": iou.numpy(),
         "det_max_iou": (iou.amax(dim=1) if g else torch.zeros(d)).numpy(),
+        "det_other_class_iou": other.numpy(),
         "gt_max_iou": (iou.amax(dim=0) if d else torch.zeros(g)).numpy(),
         "gt_num_matches": match.sum(dim=0).numpy(),
         "gt_best_score": torch.where(best >= 0, best, torch.full_like(best, float("nan"))).numpy(),
+    }
+
+
+DETECTION_KINDS = ("true", "duplicate", "other class", "localisation", "background")
+
+
+def top_detection_kinds(per_image: Sequence[dict], num_classes: int) -> Dict[str, object]:
+    """What each class's N highest-scoring detections are (N: the class's GT count), from
+    ``[{"scores", "classes" (D,), "gt_classes" (G,), **match_detections(...)}]`` of all
+    detections. Detections of a class are matched in descending score over the whole split,
+    each to its unmatched same-class GT of highest IoU >= 0.5 (COCO's greedy rule); a
+    detection is then a ``true`` positive, a ``duplicate`` (its GTs are taken), on ``other
+    class``'s object (IoU >= 0.5), a poor ``localisation`` (IoU 0.1–0.5 with its class) or
+    ``background``. Returns ``{"kinds": {kind: share of all top-N detections}, "other_class":
+    [share of class c's top N] per class (NaN for a class without GTs or detections)}``."""
+    counts = np.zeros((num_classes, len(DETECTION_KINDS)))
+    num_gt = np.bincount(np.concatenate([np.asarray(m["gt_classes"], dtype=np.int64)
+                                         for m in per_image] or [np.zeros(0, np.int64)]),
+                         minlength=num_classes)
+    rows = [(float(s), int(c), k, j) for k, m in enumerate(per_image)
+            for j, (s, c) in enumerate(zip(m["scores"], m["classes"]))]
+    rows.sort(key=lambda r: -r[0])
+    taken = [np.zeros(len(m["gt_classes"]), dtype=bool) for m in per_image]
+    seen = np.zeros(num_classes, dtype=np.int64)
+    for _, c, k, j in rows:
+        if seen[c] >= num_gt[c]:
+            continue
+        seen[c] += 1
+        iou = per_image[k]["iou"][j]
+        free = np.where((iou >= MATCH_IOU) & ~taken[k], iou, -1.0)
+        if free.size and free.max() >= 0:
+            taken[k][int(free.argmax())] = True
+            kind = 0
+        elif iou.size and iou.max() >= MATCH_IOU:
+            kind = 1
+        elif per_image[k]["det_other_class_iou"][j] >= MATCH_IOU:
+            kind = 2
+        elif iou.size and iou.max() >= 0.1:
+            kind = 3
+        else:
+            kind = 4
+        counts[c, kind] += 1
+    total = counts.sum()
+    per_class = counts.sum(axis=1)
+    return {
+        "kinds": {kind: float(counts[:, i].sum() / total) if total else float("nan")
+                  for i, kind in enumerate(DETECTION_KINDS)},
+        "other_class": [float(counts[c, 2] / per_class[c]) if per_class[c] else float("nan")
+                        for c in range(num_classes)],
     }
 
 
@@ -81,6 +145,7 @@ def detection_statistics(per_image: Sequence[dict]) -> Dict[str, float]:
     best = np.concatenate([m["gt_best_score"] for m in per_image])
     scores = np.concatenate([m["scores"] for m in per_image])
     det_iou = np.concatenate([m["det_max_iou"] for m in per_image])
+    other = np.concatenate([m["det_other_class_iou"] for m in per_image])
     tp = det_iou >= MATCH_IOU
     corr = (float(np.corrcoef(scores[tp], det_iou[tp])[0, 1])
             if tp.sum() > 2 and scores[tp].std() > 0 and det_iou[tp].std() > 0 else float("nan"))
@@ -92,6 +157,8 @@ def detection_statistics(per_image: Sequence[dict]) -> Dict[str, float]:
         "tp_score": _mean(best),
         "fp_score": float(scores[~tp].mean()) if (~tp).any() else float("nan"),
         "score_iou_corr": corr,
+        "other_class_share": (float((other[~tp] >= MATCH_IOU).mean()) if (~tp).any()
+                              else float("nan")),
     }
 
 
@@ -158,19 +225,27 @@ def training_tail(run_dir: str, fraction: float = 0.2) -> Dict[str, float]:
     return {k: statistics.median(r[k] for r in tail if k in r) for k in keys}
 
 
-def _gt_boxes(d: dict) -> torch.Tensor:
-    """(G, 4) XYXY boxes of a dataset dict's non-crowd annotations."""
-    return torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
-                         for a in d["annotations"] if not a.get("iscrowd", 0)],
-                        dtype=torch.float32).reshape(-1, 4)
+def _gt_boxes(d: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(G, 4) XYXY boxes and (G,) contiguous classes of a dataset dict's non-crowd
+    annotations."""
+    anns = [a for a in d["annotations"] if not a.get("iscrowd", 0)]
+    boxes = torch.tensor([BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYXY_ABS)
+                          for a in anns], dtype=torch.float32).reshape(-1, 4)
+    return boxes, torch.tensor([a["category_id"] for a in anns], dtype=torch.long)
 
 
-def _matched(boxes: torch.Tensor, scores: torch.Tensor, gt: torch.Tensor,
-             score_thresh: float) -> Dict[str, np.ndarray]:
-    keep = scores >= score_thresh
-    m = match_detections(boxes[keep], scores[keep], gt)
-    m["scores"] = scores[keep].numpy()
-    return m
+def _matched(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+             gt: Tuple[torch.Tensor, torch.Tensor], score_thresh: float
+             ) -> Tuple[Dict[str, np.ndarray], Dict[str, np.ndarray]]:
+    """The image's matches of the detections with score >= ``score_thresh`` and of all of
+    them (for :func:`top_detection_kinds`)."""
+    out = []
+    for keep in (scores >= score_thresh, torch.ones_like(scores, dtype=torch.bool)):
+        m = match_detections(boxes[keep], scores[keep], gt[0], classes[keep], gt[1])
+        m.update(scores=scores[keep].numpy(), classes=classes[keep].numpy(),
+                 gt_classes=gt[1].numpy())
+        out.append(m)
+    return out[0], out[1]
 
 
 def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: float = 0.05,
@@ -183,21 +258,27 @@ def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: f
     positives per GT, which need the model)."""
     from balanced_det.data import get_detection_dataset_dicts  # noqa: F401 (registers data)
     from balanced_det.evaluation.coco import read_detections
-    from detectron2.data import DatasetCatalog
+    from detectron2.data import DatasetCatalog, MetadataCatalog
 
     names = cfg.dataloader.test.dataset.names
     name = names if isinstance(names, str) else list(names)[0]
     gts = {d["image_id"]: d for d in DatasetCatalog.get(name)}
-    per_image, points = [], []
+    meta = MetadataCatalog.get(name)
+    per_image, ranked, points = [], [], []
     if detections is not None:
         saved = read_detections(detections)
+        to_contiguous = getattr(meta, "thing_dataset_id_to_contiguous_id", None) or {}
         ids = list(gts)[:max_images]
         for image_id in tqdm(ids, desc=desc, unit="image", leave=False):
             rows = saved.get(image_id, [])
             boxes = torch.tensor([r["bbox"] for r in rows], dtype=torch.float32).reshape(-1, 4)
             boxes[:, 2:] += boxes[:, :2]  # XYWH -> XYXY
             scores = torch.tensor([r["score"] for r in rows], dtype=torch.float32)
-            per_image.append(_matched(boxes, scores, _gt_boxes(gts[image_id]), score_thresh))
+            classes = torch.tensor([to_contiguous.get(r["category_id"], r["category_id"])
+                                    for r in rows], dtype=torch.long)
+            m, m_all = _matched(boxes, scores, classes, _gt_boxes(gts[image_id]), score_thresh)
+            per_image.append(m)
+            ranked.append(m_all)
     else:
         model, _ = load_model(cfg, checkpoint, device)
         model.eval()
@@ -209,10 +290,15 @@ def run_statistics(cfg, checkpoint: Optional[str], run_dir: str, score_thresh: f
                 inst = model(batch)[0]["instances"].to("cpu")
             d = gts[batch[0]["image_id"]]
             gt = _gt_boxes(d)
-            per_image.append(_matched(inst.pred_boxes.tensor, inst.scores, gt, score_thresh))
-            if len(gt):
+            m, m_all = _matched(inst.pred_boxes.tensor, inst.scores, inst.pred_classes, gt,
+                                score_thresh)
+            per_image.append(m)
+            ranked.append(m_all)
+            if len(gt[0]):
                 points.append(positives_per_gt(model, mapped_image(cfg, d)))
     stats = detection_statistics(per_image)
+    stats.update(top_detection_kinds(ranked, len(meta.thing_classes)),
+                 class_names=list(meta.thing_classes))
     stats["dup_hist"] = np.bincount(np.concatenate([m["gt_num_matches"] for m in per_image]),
                                     minlength=6)[:6].tolist()
     stats["tp_scores"] = np.concatenate([m["gt_best_score"] for m in per_image]).tolist()
@@ -251,7 +337,12 @@ ROWS = (("AP (box)", lambda s: s["AP"]["AP"], "{:.1f}"),
         ("duplicates per matched GT", lambda s: s["dup_per_gt"], "{:.2f}"),
         ("score of the best match per GT", lambda s: s["tp_score"], "{:.3f}"),
         ("score of unmatched detections", lambda s: s["fp_score"], "{:.3f}"),
-        ("score-IoU correlation (IoU >= 0.5)", lambda s: s["score_iou_corr"], "{:.2f}"))
+        ("score-IoU correlation (IoU >= 0.5)", lambda s: s["score_iou_corr"], "{:.2f}"),
+        ("unmatched detections on another class's object", lambda s: 100 * s["other_class_share"],
+         "{:.0f} %"),
+        ("top-N detections per class: " + " / ".join(DETECTION_KINDS),
+         lambda s: tuple(100 * s["kinds"][k] for k in DETECTION_KINDS),
+         " / ".join(["{:.0f}"] * len(DETECTION_KINDS)) + " %"))
 
 
 def _cell(values: List[object], fmt: str) -> str:
@@ -269,6 +360,13 @@ def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str]
     for label, get, fmt in ROWS:
         lines.append(f"| {label} | " + " | ".join(_cell([get(s) for s in stats[n]], fmt)
                                                   for n in names) + " |")
+    classes = next((s[0]["class_names"] for s in stats.values() if "class_names" in s[0]), [])
+    if len(classes) > 1:
+        lines.append(f"| top-N detections on another class's object: {' / '.join(classes)} | "
+                     + " | ".join(" / ".join(
+                         f"{100 * _mean(s['other_class'][c] for s in stats[n]):.0f}"
+                         for c in range(len(classes))) + " %" if "other_class" in stats[n][0]
+                         else "-" for n in names) + " |")
     levels = max((len(s[0].get("fcos", [])) for s in stats.values()), default=0)
     for key, label in (("fcos", "FCOS positives per GT, P3..P7"),
                        ("bag", "DW candidate-bag points per GT, P3..P7")):

@@ -7,10 +7,14 @@ size, the model in eval mode so GHM-C's EMA is read but not changed):
 
 - elements per image by ``g`` range, positives and negatives apart;
 - the share of the classification gradient ``sum |dL/dx|`` (autograd of the model's own
-  ``cls_loss`` on the batch, GHM-C with the trained EMA of its checkpoint) that each range of
-  positives and negatives receives;
+  ``cls_loss`` on the batch divided by its positives, GHM-C with the trained EMA of its
+  checkpoint, Sampling-Free's loss times its guided ratio ``w_cls r``) that each range of
+  positives and negatives receives, and the gradient's size: ``sum |dL/dx|`` per image;
 - of the negatives with ``g >= 0.3``, the share whose anchor overlaps no labelled box
-  (IoU < 0.1): score mass on background, or on unlabelled objects.
+  (IoU < 0.1): score mass on background, or on unlabelled objects;
+- the negatives on another class's positive anchor (the anchor is matched to a GT of class
+  k, the element is class c != k): per image, and their share of the gradient, which is what
+  trains the classes apart (none on one-class data).
 
 GHM-C gives every non-empty bin the same total weight, so a bin's gradient share is its mean
 ``g`` over the sum of the bins' means, whatever the bin holds; focal loss scales each element by
@@ -29,6 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from balanced_det.modeling.losses import ClassificationLoss, FocalLoss, call_loss
+from balanced_det.utils.events import take_tensor_scalars
 from detectron2.layers import cat
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
@@ -53,22 +58,36 @@ def classification_loss(model) -> ClassificationLoss:
     return FocalLoss(model.focal_loss_alpha, model.focal_loss_gamma)
 
 
+@torch.no_grad()
+def guided_loss_scale(model, anchors, logits, labels, deltas, gt_boxes) -> float:
+    """``w_cls * r`` of a Sampling-Free model's guided loss on this batch (the ratio
+    ``r = w_reg L_reg / L_cls`` as the model's own ``losses`` computes it, which does not depend
+    on the normaliser); 1 for a model without one."""
+    guided = getattr(model, "guided_loss", None)
+    if guided is None:
+        return 1.0
+    take_tensor_scalars()
+    model.losses(anchors, logits, labels, deltas, gt_boxes)
+    return guided.w_cls * float(take_tensor_scalars()["guided_loss_ratio"])
+
+
 def element_gradients(model, items: Sequence[dict]) -> Dict[str, np.ndarray]:
     """One batch of mapped images through a trained RetinaNet (detectron2's or
     ``BalancedRetinaNet``; eval mode): per valid
     (anchor, class) element its ``g`` (float), ``positive`` (bool target 1), ``grad``
-    ``|dL/dx|`` of the model's ``cls_loss`` on the batch, and ``far`` (bool: the anchor's IoU
-    with every GT of its image < 0.1)."""
+    ``|dL/dx|`` of the model's ``cls_loss`` on the batch, ``far`` (bool: the anchor's IoU
+    with every GT of its image < 0.1) and ``other_class`` (bool: the anchor is a positive of
+    another class)."""
     model.eval()
     c = model.num_classes
     with torch.no_grad():
         images = model.preprocess_image(list(items))
         feats = model.backbone(images.tensor)
         feats = [feats[f] for f in model.head_in_features]
-        logits, _ = model._transpose_dense_predictions(model.head(feats), [c, 4])
+        logits, deltas = model._transpose_dense_predictions(model.head(feats), [c, 4])
         anchors = model.anchor_generator(feats)
         gt = [x["instances"].to(model.device) for x in items]
-        labels, _ = model.label_anchors(anchors, gt)
+        labels, gt_boxes = model.label_anchors(anchors, gt)
         all_anchors = Boxes.cat(anchors)
         far = torch.stack([
             (pairwise_iou(g.gt_boxes, all_anchors).amax(dim=0) < FAR_IOU) if len(g)
@@ -83,19 +102,25 @@ def element_gradients(model, items: Sequence[dict]) -> Dict[str, np.ndarray]:
     with EventStorage(0):  # the losses log scalars
         loss = call_loss(classification_loss(model), [l.shape[1] for l in logits], x, targets,
                          valid.to(x.dtype)[..., None], normalizer=normalizer)
+        loss = loss * guided_loss_scale(model, anchors, logits, labels, deltas, gt_boxes)
     (grad,) = torch.autograd.grad(loss, x)
     v = valid[..., None].expand_as(x)
+    foreground = (valid & (labels != c))[..., None]
+    other_class = foreground & (labels[..., None] != torch.arange(c, device=labels.device))
     return {"g": (x.detach().sigmoid() - targets).abs()[v].numpy(),
             "positive": (targets > 0.5)[v].numpy(),
             "grad": grad.abs()[v].numpy(),
-            "far": far[..., None].expand_as(x)[v].numpy()}
+            "far": far[..., None].expand_as(x)[v].numpy(),
+            "other_class": other_class[v].numpy()}
 
 
 def summarise(elements: Sequence[Dict[str, np.ndarray]], num_images: int) -> Dict[str, object]:
     """The table's and figure's numbers from :func:`element_gradients` of every batch: per
     range of ``RANGES`` and per side (``pos`` / ``neg``) the elements per image and the share
     of the total gradient; ``hard_neg_far``; 30-bin histograms ``hist_<side>`` and
-    ``grad_<side>`` (gradient share per bin)."""
+    ``grad_<side>`` (gradient share per bin); ``other_class_count`` (per image) and
+    ``other_class_share`` of the negatives on another class's positive anchor;
+    ``grad_per_image``: the gradient's ``sum |dL/dx|`` per image."""
     g = np.concatenate([e["g"] for e in elements])
     pos = np.concatenate([e["positive"] for e in elements])
     grad = np.concatenate([e["grad"] for e in elements]).astype(np.float64)
@@ -114,6 +139,10 @@ def summarise(elements: Sequence[Dict[str, np.ndarray]], num_images: int) -> Dic
         out[f"grad_{side}"] = (np.bincount(b, weights=grad[mask], minlength=BINS) / total).tolist()
     hard = ~pos & (g >= HARD_G)
     out["hard_neg_far"] = float(far[hard].mean()) if hard.any() else float("nan")
+    other = np.concatenate([e["other_class"] for e in elements])
+    out["other_class_count"] = float(other.sum()) / max(num_images, 1)
+    out["other_class_share"] = float(grad[other].sum() / total)
+    out["grad_per_image"] = float(grad.sum()) / max(num_images, 1)
     return out
 
 
@@ -162,6 +191,13 @@ def write_table(stats: Dict[str, List[Dict[str, object]]], descs: Dict[str, str]
     lines.append("| all positives | " + " | ".join(
         f"{sum(mean('count_pos', n, k) for k in range(len(RANGES))):.1f} | "
         f"{100 * sum(mean('share_pos', n, k) for k in range(len(RANGES))):.1f} %"
+        for n in names) + " |")
+    lines.append("| gradient size: sum \\|dL/dx\\| per image | " + " | ".join(
+        f"- | {float(np.mean([s['grad_per_image'] for s in stats[n]])):.3f}" for n in names)
+        + " |")
+    lines.append("| negatives on another class's positive anchor | " + " | ".join(
+        f"{float(np.mean([s['other_class_count'] for s in stats[n]])):.1f} | "
+        f"{100 * float(np.mean([s['other_class_share'] for s in stats[n]])):.1f} %"
         for n in names) + " |")
     lines.append(f"| negatives with g ≥ {HARD_G}: share whose anchor overlaps no labelled box "
                  f"(IoU < {FAR_IOU}) | " + " | ".join(
