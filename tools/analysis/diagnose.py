@@ -48,8 +48,8 @@ from .dw import mapped_image
 from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
                    load_run_config, relpath, write_markdown)
 
-__all__ = ["match_detections", "top_detection_kinds", "detection_statistics", "positives_per_gt", "training_tail",
-           "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
+__all__ = ["match_detections", "top_detection_kinds", "detection_statistics", "positives_per_gt",
+           "training_tail", "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
 
 MATCH_IOU = 0.5
 

@@ -42,8 +42,8 @@ from .dw import mapped_image
 from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
                    load_run_config, relpath, write_markdown)
 
-__all__ = ["RANGES", "BINS", "classification_loss", "element_gradients", "gradient_statistics", "summarise",
-           "write_table", "plot_gradients"]
+__all__ = ["RANGES", "BINS", "classification_loss", "guided_loss_scale", "element_gradients",
+           "gradient_statistics", "summarise", "write_table", "plot_gradients"]
 
 BINS = 30  # GHM-C's bins (the histograms of the figure)
 RANGES = ((0.0, 0.1), (0.1, 0.3), (0.3, 0.7), (0.7, 0.9), (0.9, 1.0))
