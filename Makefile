@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr figures \
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr diagnose-retinanet figures \
 	clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
@@ -53,13 +53,14 @@ compare-demo-pair: setup
 ## stops improving (the first evaluation that no later one exceeds by 0.5 AP, mean over 3 seeds), per dataset;
 ## CONVERGENCE_ITER sets the longest schedule tried. Tables: output/compare/<suite>-conv<N>/.
 CONVERGENCE_ITER ?= 600
+EVAL_POINTS ?= 6
 convergence: setup
 	$(PY) tools/compare.py --suite trees --only fcos retinanet faster_rcnn --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/trees-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/trees-conv$(CONVERGENCE_ITER)
 	$(PY) tools/compare.py --suite synthetic --only fcos retinanet faster_rcnn --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/synthetic-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/synthetic-conv$(CONVERGENCE_ITER)
 
@@ -74,7 +75,7 @@ CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet ghm_per_lev
 	sampling_free_retinanet faster_rcnn pisa_faster_rcnn libra_faster_rcnn
 compare-converged: setup
 	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)
 
@@ -94,10 +95,24 @@ compare-new-methods:
 LR ?= 0.005
 compare-lr: setup
 	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
-		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) --convergence \
+		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
 
+## diagnose-retinanet: why GHM and Sampling-Free RetinaNet differ from RetinaNet on SUITE
+## (docs/results/synthetic_diagnosis_retinanet_family.md): the three at CONVERGENCE_ITER
+## iterations, 3 seeds, trained without records so that their checkpoints stay (about 16
+## minutes each on synthetic, one core), into output/compare/<SUITE>-diag/, then the
+## detection diagnosis (3 seeds) and the classification gradients (seed 0) of tools/analysis.py.
+DIAG_RUNS = retinanet ghm_retinanet sampling_free_retinanet
+diagnose-retinanet: setup
+	$(PY) tools/compare.py --suite $(SUITE) --only $(DIAG_RUNS) --seeds 0 1 2 \
+		--max-iter $(CONVERGENCE_ITER) --eval-points 6 --jobs $(COMPARE_JOBS) \
+		--output output/compare/$(SUITE)-diag
+	$(PY) tools/analysis.py diagnose --suite $(SUITE) --compare-dir output/compare/$(SUITE)-diag \
+		--runs $(DIAG_RUNS) --seeds 0 1 2
+	$(PY) tools/analysis.py gradients --suite $(SUITE) --compare-dir output/compare/$(SUITE)-diag \
+		--runs $(DIAG_RUNS) --seeds 0
 ## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
 figures: setup
 	$(PY) tools/analysis.py all --suite trees
