@@ -259,6 +259,24 @@ def test_finished_runs_are_compare_runs_of_the_suite_config(tmp_path):
     assert not runs.RunRef("synthetic", "fcos", 0, cmp).finished()
 
 
+def test_a_run_is_read_with_the_overrides_it_was_trained_with(tmp_path):
+    cmp = str(tmp_path)
+    name = "sampling_free_retinanet"
+    folder = _fake_run(cmp, name, 0, {9: 1.0}, {}, 1.0)
+    config = runs.suite_entry("synthetic", name)[1]
+    opts = ["model.guided_loss.w_cls=6.0", "train.eval_period=100"]
+    with open(os.path.join(folder, "compare_run.json"), "w") as f:
+        json.dump(C.run_key(config, 0, 100, opts), f)
+    ref = runs.RunRef("synthetic", name, 0, cmp)
+    assert ref.finished() and ref.overrides() == opts
+    cfg = ref.load_config("cpu")
+    assert cfg.model.guided_loss.w_cls == 6.0 and cfg.train.device == "cpu"
+    # an explicit --config is taken as it is; a run without a key has no overrides
+    explicit = runs.RunRef("synthetic", name, 0, cmp, config=os.path.join(runs.ROOT, config))
+    assert explicit.overrides() == [] and explicit.load_config("cpu").model.guided_loss.w_cls == 1.0
+    assert runs.RunRef("synthetic", name, 1, cmp).overrides() == []
+
+
 def test_curves_figure_and_missing_runs(tmp_path):
     cmp = tmp_path / "cmp"
     for seed in (0, 1):

@@ -45,8 +45,8 @@ from detectron2.config import instantiate
 from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 from .dw import mapped_image
-from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
-                   load_run_config, relpath, write_markdown)
+from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model, relpath,
+                   write_markdown)
 
 __all__ = ["match_detections", "top_detection_kinds", "detection_statistics", "positives_per_gt",
            "training_tail", "run_statistics", "diagnose_runs", "write_table", "plot_diagnosis"]
@@ -320,7 +320,7 @@ def diagnose_runs(refs: Sequence[RunRef], score_thresh: float = 0.05, device: st
     check_runs(refs, detections_ok=True)
     out: Dict[str, List[Dict[str, object]]] = {}
     for ref in tqdm(refs, desc="runs", unit="run"):
-        cfg = load_run_config(ref.config, device)
+        cfg = ref.load_config(device)
         out.setdefault(ref.name, []).append(run_statistics(
             cfg, ref.checkpoint, ref.run_dir, score_thresh, device, max_images,
             desc=f"{ref.name} seed {ref.seed}",

@@ -18,7 +18,7 @@ from detectron2.config import instantiate
 from detectron2.data.detection_utils import convert_image_to_rgb
 from detectron2.structures import Boxes, pairwise_iou
 
-from .runs import RunRef, finish_figure, load_model, load_run_config, validation_dataset_name
+from .runs import RunRef, finish_figure, load_model, validation_dataset_name
 
 __all__ = ["busiest_image", "mapped_image", "dw_maps", "plot_dw"]
 
@@ -147,7 +147,7 @@ def run(args) -> List[str]:
     """Draw ``<suite>_dw_maps.png`` with the model of ``--run`` (default ``dw_fcos``)."""
     ref = RunRef(args.suite, args.run or "dw_fcos", args.seed, args.compare_dir,
                  args.checkpoint, args.config).check()
-    cfg = load_run_config(ref.config, args.device)
+    cfg = ref.load_config(args.device)
     model, it = load_model(cfg, ref.checkpoint, args.device)
     if not hasattr(model, "center_prior_sigma"):
         raise ValueError(f"{ref.config}: dw needs a DW-FCOS model (balanced_det DWFCOS)")

@@ -39,8 +39,8 @@ from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from .dw import mapped_image
-from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model,
-                   load_run_config, relpath, write_markdown)
+from .runs import (RunRef, analysis_command, check_runs, finish_figure, load_model, relpath,
+                   write_markdown)
 
 __all__ = ["RANGES", "BINS", "classification_loss", "guided_loss_scale", "element_gradients",
            "gradient_statistics", "summarise", "write_table", "plot_gradients"]
@@ -244,7 +244,7 @@ def run(args) -> List[str]:
     check_runs(refs)
     stats: Dict[str, List[Dict[str, object]]] = {}
     for ref in tqdm(refs, desc="runs", unit="run"):
-        cfg = load_run_config(ref.config, args.device)
+        cfg = ref.load_config(args.device)
         s = gradient_statistics(cfg, ref.checkpoint, args.max_images, args.device,
                                 desc=f"{ref.name} seed {ref.seed}")
         with open(os.path.join(ref.run_dir, "gradients.json"), "w") as f:

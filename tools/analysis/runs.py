@@ -2,9 +2,10 @@
 and checkpoints, and the figure file with its caption."""
 from __future__ import annotations
 
+import json
 import os
 import textwrap
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 import matplotlib.pyplot as plt
 
@@ -12,7 +13,7 @@ from balanced_det.config import load_config
 from balanced_det.evaluation.coco import DETECTIONS_FILE
 from detectron2.config import instantiate
 
-from ..compare import ROOT, SUITES, is_done, write_markdown
+from ..compare import ROOT, RUN_KEY_FILE, SUITES, is_done, write_markdown
 
 __all__ = ["ROOT", "MissingRunError", "RunRef", "check_runs", "default_compare_dir", "suite_entry",
            "compare_command", "analysis_command", "suite_config", "load_run_config", "load_model",
@@ -74,9 +75,10 @@ def suite_config(suite: str, name: str) -> str:
 
 
 class RunRef:
-    """One run of the comparison: ``<compare_dir>/<name>/seed<seed>/``, its config,
-    checkpoint and description. ``checkpoint``/``config`` replace the run's
-    ``model_final.pth`` and the suite's config (``--checkpoint``, ``--config``)."""
+    """One run of the comparison: ``<compare_dir>/<name>/seed<seed>/``, its config (with the
+    overrides the run was trained with, :meth:`load_config`), checkpoint and description.
+    ``checkpoint``/``config`` replace the run's ``model_final.pth`` and the suite's config
+    (``--checkpoint``, ``--config``; an explicit config is taken as it is)."""
 
     def __init__(self, suite: str, name: str, seed: int, compare_dir: str,
                  checkpoint: Optional[str] = None, config: Optional[str] = None):
@@ -87,6 +89,23 @@ class RunRef:
         self.checkpoint = checkpoint or os.path.join(self.run_dir, "model_final.pth")
         self.explicit_checkpoint = checkpoint is not None
         self.detections = os.path.join(self.run_dir, DETECTIONS_FILE)
+        self.explicit_config = config is not None
+
+    def overrides(self) -> List[str]:
+        """The config overrides the run was trained with (``tools/compare.py``'s ``opts``, e.g.
+        ``optimizer.lr=0.005``, from its run key); none for an explicit ``--config``."""
+        if self.explicit_config:
+            return []
+        try:
+            with open(os.path.join(self.run_dir, RUN_KEY_FILE)) as f:
+                recorded = json.load(f)
+        except (OSError, ValueError):
+            return []
+        return list(recorded.get("opts", [])) if isinstance(recorded, dict) else []
+
+    def load_config(self, device: str):
+        """The run's LazyConfig: its config with its recorded overrides, on ``device``."""
+        return load_run_config(self.config, device, self.overrides())
 
     def use_detections(self) -> bool:
         """No checkpoint (a run restored from its record) but its saved final detections."""
@@ -147,9 +166,9 @@ def check_runs(refs: Sequence[RunRef], detections_ok: bool = False) -> None:
         raise MissingRunError("; ".join(errors))
 
 
-def load_run_config(path: str, device: str):
-    """The LazyConfig at ``path`` with ``train.device = device``."""
-    cfg = load_config(path)
+def load_run_config(path: str, device: str, overrides: Sequence[str] = ()):
+    """The LazyConfig at ``path`` with ``overrides`` and ``train.device = device``."""
+    cfg = load_config(path, overrides)
     cfg.train.device = device
     return cfg
 

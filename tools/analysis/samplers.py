@@ -20,7 +20,7 @@ from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
-from .runs import RunRef, finish_figure, load_model, load_run_config, suite_config
+from .runs import RunRef, finish_figure, load_model, suite_config
 
 __all__ = ["SAMPLER_RUNS", "sampler_method_configs", "sampler_variant_head", "training_batch",
            "samples_from_record", "collect_sampler_samples", "plot_samplers"]
@@ -197,7 +197,7 @@ def run(args) -> List[str]:
     """Draw ``<suite>_samplers.png`` with the weights of ``--run`` (default ``faster_rcnn``)."""
     ref = RunRef(args.suite, args.run or "faster_rcnn", args.seed, args.compare_dir,
                  args.checkpoint, args.config).check()
-    cfg = load_run_config(ref.config, args.device)
+    cfg = ref.load_config(args.device)
     cfg.train.seed = ref.seed  # compare.py trains seed k with train.seed=k: its image stream
     model, it = load_model(cfg, ref.checkpoint, args.device)
     if not hasattr(model, "roi_heads"):

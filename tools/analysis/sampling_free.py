@@ -20,7 +20,7 @@ from detectron2.data import MetadataCatalog, build_detection_test_loader
 from detectron2.modeling.meta_arch.dense_detector import permute_to_N_HWA_K
 from detectron2.modeling.postprocessing import detector_postprocess
 
-from .runs import (RunRef, check_runs, finish_figure, load_model, load_run_config, relpath,
+from .runs import (RunRef, check_runs, finish_figure, load_model, relpath,
                    validation_dataset_name)
 
 __all__ = ["LOG_BINS", "dense_candidate_scores", "model_class_thresholds", "score_statistics",
@@ -239,7 +239,7 @@ def run(args) -> List[str]:
     base_ref = RunRef(args.suite, args.baseline_run or "retinanet", args.seed, args.compare_dir,
                       args.baseline_checkpoint, args.baseline_config)
     check_runs([base_ref, sf_ref])
-    cfg = load_run_config(sf_ref.config, args.device)
+    cfg = sf_ref.load_config(args.device)
     model, it = load_model(cfg, sf_ref.checkpoint, args.device)
     if model_class_thresholds(model) is None:
         raise ValueError(f"{sf_ref.config}: the Sampling-Free model has no class-adaptive "
@@ -248,7 +248,7 @@ def run(args) -> List[str]:
     loader, name, n = validation_loader(cfg, args.max_images)
     sf = score_statistics(model, loader, name, {"global": False, "adaptive": True}, thr, n)
     del model
-    bcfg = load_run_config(base_ref.config, args.device)
+    bcfg = base_ref.load_config(args.device)
     bmodel, bit = load_model(bcfg, base_ref.checkpoint, args.device)
     bloader, bname, _ = validation_loader(bcfg, args.max_images)
     if bname != name:
