@@ -1,5 +1,6 @@
 """balanced_det.ops.hlr / ops.isr: hierarchical local ranks, ISR-P and ISR-N
 (docs/methods/pisa.md)."""
+import pytest
 import torch
 
 from balanced_det.ops.hlr import hierarchical_rank, iou_hlr_rank, local_rank, nms_cluster_local_rank
@@ -168,6 +169,50 @@ def test_nms_cluster_local_rank():
     assert nms_cluster_local_rank(b, torch.tensor([0.5, 0.9, 0.4]))[1].tolist() == [0, 1, 1]
     e = nms_cluster_local_rank(torch.zeros(0, 4), torch.zeros(0))
     assert e[0].shape == (0,) and e[1].shape == (0,)
+
+
+@pytest.mark.parametrize("t", [0.3, 0.5, 0.7])
+@pytest.mark.parametrize("with_labels", [False, True])
+def test_first_overlapping_equals_a_scan_of_every_candidate(t, with_labels):
+    """The windowed search finds, for every box, the first candidate a plain scan over all
+    candidates (torchvision's IoU) finds, on clustered boxes of mixed widths."""
+    from torchvision.ops import box_iou
+
+    from balanced_det.ops.hlr import first_overlapping
+
+    g = torch.Generator().manual_seed(int(t * 10) + with_labels)
+    centres = torch.rand(40, 2, generator=g) * 300
+    pick = torch.randint(40, (400,), generator=g)
+    wh = 4 + torch.rand(400, 2, generator=g) * torch.tensor([120.0, 60.0])
+    xy = centres[pick] + torch.randn(400, 2, generator=g) * 6
+    boxes = torch.cat([xy - wh / 2, xy + wh / 2], 1)
+    boxes[:3] = boxes[200:203]  # identical pairs: IoU 1
+    labels = torch.randint(3, (400,), generator=g) if with_labels else None
+    a, b = boxes[:200], boxes[200:]
+    got = first_overlapping(a, b, t, None if labels is None else labels[:200],
+                            None if labels is None else labels[200:])
+    iou = box_iou(a, b)
+    expected = []
+    for i in range(200):
+        hits = [j for j in range(200) if iou[i, j] >= t
+                and (labels is None or labels[i] == labels[200 + j])]
+        expected.append(hits[0] if hits else 200)
+    assert got.tolist() == expected
+    assert 0 < sum(e < 200 for e in expected) < 200  # both cases occur
+    assert first_overlapping(a[:0], b, t).shape == (0,)
+    assert first_overlapping(a, b[:0], t).tolist() == [0] * 200
+
+
+def test_box_iou_pairs_equals_the_matrix_entries_bitwise():
+    from balanced_det.ops.boxes import box_iou_matrix, box_iou_pairs
+
+    g = torch.Generator().manual_seed(3)
+    xy = torch.rand(50, 2, generator=g) * 100
+    boxes = torch.cat([xy, xy + torch.rand(50, 2, generator=g) * 40], 1)
+    m = box_iou_matrix(boxes[:25], boxes[25:])
+    i, j = torch.meshgrid(torch.arange(25), torch.arange(25), indexing="ij")
+    assert torch.equal(box_iou_pairs(boxes[:25][i.flatten()], boxes[25:][j.flatten()]),
+                       m.flatten())
 
 
 def test_isr_n_picks_leaders_first():

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["aligned_iou", "box_iou_matrix", "encode_box_deltas"]
+__all__ = ["aligned_iou", "box_iou_matrix", "box_iou_pairs", "encode_box_deltas"]
 
 
 def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
@@ -21,6 +21,19 @@ def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
     return inter / (area_a + area_b - inter).clamp(min=eps)
 
 
+def _iou_of_columns(a, b) -> Tensor:
+    """``inter / (area_a + area_b - inter)`` of broadcastable coordinate columns ``a``, ``b``
+    (each ``(x1, y1, x2, y2)``), with the float operations of torchvision's ``box_iou``."""
+    ax1, ay1, ax2, ay2 = a
+    bx1, by1, bx2, by2 = b
+    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_(min=0)
+    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_(min=0)
+    inter = w.mul_(h)
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    return inter / (area_a + area_b - inter)
+
+
 def box_iou_matrix(a: Tensor, b: Tensor) -> Tensor:
     """IoU of every ``a[i]`` with every ``b[j]`` ((N, 4), (M, 4) XYXY -> (N, M)).
 
@@ -28,14 +41,13 @@ def box_iou_matrix(a: Tensor, b: Tensor) -> Tensor:
     ``box_iou`` (bitwise equal results), but each intermediate an (N, M) plane built from
     coordinate columns instead of (N, M, 2) stacks: about 2x faster on the CPU.
     """
-    ax1, ay1, ax2, ay2 = a.unbind(1)
-    bx1, by1, bx2, by2 = b.unbind(1)
-    w = (torch.minimum(ax2[:, None], bx2) - torch.maximum(ax1[:, None], bx1)).clamp_(min=0)
-    h = (torch.minimum(ay2[:, None], by2) - torch.maximum(ay1[:, None], by1)).clamp_(min=0)
-    inter = w.mul_(h)
-    area_a = (ax2 - ax1) * (ay2 - ay1)
-    area_b = (bx2 - bx1) * (by2 - by1)
-    return inter / (area_a[:, None] + area_b - inter)
+    return _iou_of_columns([c[:, None] for c in a.unbind(1)], b.unbind(1))
+
+
+def box_iou_pairs(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of ``a[i]`` with ``b[i]`` ((P, 4) each -> (P,)), bitwise equal to the entries of
+    :func:`box_iou_matrix` (and torchvision's ``box_iou``); no clamping of the union."""
+    return _iou_of_columns(a.unbind(1), b.unbind(1))
 
 
 def encode_box_deltas(src: Tensor, target: Tensor, weights: Sequence[float]) -> Tensor:

@@ -14,9 +14,10 @@ import numpy as np
 import torch
 from torchvision.ops import batched_nms, nms
 
-from .boxes import box_iou_matrix
+from .boxes import box_iou_pairs
 
-__all__ = ["lexsort", "local_rank", "hierarchical_rank", "iou_hlr_rank", "nms_cluster_local_rank"]
+__all__ = ["lexsort", "local_rank", "hierarchical_rank", "iou_hlr_rank", "first_overlapping",
+           "nms_cluster_local_rank"]
 
 
 def lexsort(keys: Sequence[Tuple[torch.Tensor, bool]], n: int, device) -> torch.Tensor:
@@ -108,6 +109,56 @@ def _below(threshold: float) -> float:
     return float(np.nextafter(np.float32(threshold), np.float32(-np.inf)))
 
 
+def first_overlapping(
+    boxes: torch.Tensor,
+    candidates: torch.Tensor,
+    iou_threshold: float,
+    labels: Optional[torch.Tensor] = None,
+    candidate_labels: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """For each box, the index of the first candidate (lowest index) with IoU >= t and the
+    same label (when labels are given); ``len(candidates)`` where there is none.
+
+    Only the pairs that can reach IoU t are formed: IoU >= t needs an x-overlap
+    ``iw >= t * max(w_a, w_b)`` and ``iw <= (w_a + w_b) / 2 - |cx_a - cx_b|``, so
+    ``|cx_a - cx_b| <= w_a (1 - t) + max(0, 1/2 - t) * max_w`` (``w_a / 2`` at t = 0.5); the
+    candidates, sorted by centre x, give each box a window by binary search. IoUs are
+    :func:`box_iou_pairs` (bitwise those of the full matrix). One host sync (the pair count).
+
+    Args:
+        boxes: (S, 4) XYXY; candidates: (L, 4) XYXY; labels: (S,) and candidate_labels: (L,),
+        or both ``None``.
+    Returns:
+        long tensor (S,).
+    """
+    n, m = boxes.shape[0], candidates.shape[0]
+    device = boxes.device
+    first = torch.full((n,), m, dtype=torch.long, device=device)
+    if n == 0 or m == 0:
+        return first
+    t = float(iou_threshold)
+    cx = (candidates[:, 0] + candidates[:, 2]) * 0.5
+    cx_sorted, order = torch.sort(cx)
+    width = (boxes[:, 2] - boxes[:, 0]).clamp(min=0)
+    max_width = (candidates[:, 2] - candidates[:, 0]).clamp(min=0).max()
+    half = width * (1.0 - t) + max(0.0, 0.5 - t) * max_width
+    half = half * (1.0 + 1e-3) + 1e-3  # a margin for the float rounding of the IoUs
+    centre = (boxes[:, 0] + boxes[:, 2]) * 0.5
+    lo = torch.searchsorted(cx_sorted, centre - half, side="left")
+    hi = torch.searchsorted(cx_sorted, centre + half, side="right")
+    counts = hi - lo
+    total = int(counts.sum())
+    if total == 0:
+        return first
+    row = torch.repeat_interleave(torch.arange(n, device=device), counts, output_size=total)
+    start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
+    col = order[lo[row] + torch.arange(total, device=device) - start]
+    match = box_iou_pairs(boxes[row], candidates[col]) >= t
+    if labels is not None:
+        match &= labels[row] == candidate_labels[col]
+    return first.scatter_reduce_(0, row, torch.where(match, col, m), reduce="amin")
+
+
 def nms_cluster_local_rank(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -120,8 +171,8 @@ def nms_cluster_local_rank(
     other box joins the highest-scoring leader it overlaps with IoU >= t (the leader that
     suppressed it). The local rank is the position inside the cluster by score descending, the
     leader 0, ties by index. ``labels=None`` clusters class-agnostically; with labels, boxes of
-    different labels never interact. Tensor code: NMS plus an IoU matrix between the suppressed
-    boxes and the leaders (at most N^2 / 4 entries).
+    different labels never interact. Tensor code: NMS plus the IoUs of the suppressed boxes
+    with the leaders near them (:func:`first_overlapping`).
 
     Args:
         boxes: (N, 4) XYXY; scores: (N,); labels: (N,) or ``None``; iou_threshold: t (0.5).
@@ -140,24 +191,18 @@ def nms_cluster_local_rank(
         keep = nms(boxes, scores, thr)
     else:
         keep = batched_nms(boxes, scores, labels, thr)
-    # keep is sorted by decreasing score: the first matching column is the best leader.
-    # Only the suppressed boxes need a leader: IoU of those (S) with the leaders (L) only,
-    # S x L <= N^2 / 4 (one more host sync for S, as NMS already has for L).
+    # keep is sorted by decreasing score: the first matching leader is the best one. Only the
+    # suppressed boxes need a leader (one more host sync, as NMS already has).
     is_leader = torch.zeros(n, dtype=torch.bool, device=device)
     is_leader[keep] = True
     others = torch.nonzero(~is_leader)[:, 0]
-    iou = box_iou_matrix(boxes[others], boxes[keep])  # S x L
-    match = iou >= iou_threshold
-    if labels is not None:
-        match &= labels[others][:, None] == labels[keep][None, :]
+    first = first_overlapping(boxes[others], boxes[keep], iou_threshold,
+                              None if labels is None else labels[others],
+                              None if labels is None else labels[keep])
     has = torch.ones(n, dtype=torch.bool, device=device)
-    if others.numel():
-        # max over a bool row: whether any leader matches, and the first one (torch.max
-        # returns the index of the first maximal value)
-        has[others], first = match.max(dim=1)
-    else:
-        first = others
+    has[others] = first < keep.numel()
     leader = torch.arange(n, device=device)
-    leader[others] = torch.where(has[others], keep[first], others)
+    leader[others] = torch.where(has[others], keep[first.clamp(max=max(keep.numel() - 1, 0))],
+                                 others)
     key = torch.where(is_leader | ~has, torch.full_like(scores, float("inf")), scores)
     return local_rank(key, leader), leader
