@@ -16,7 +16,9 @@ setup:
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-## demo: set up, then train and evaluate the tree-crown detector(s) on this machine's CPU
+## demo: set up, then train and evaluate FCOS and DW-FCOS on the synthetic shapes on this
+## machine's CPU (600 iterations, the converged schedule), and quote the recorded 3-seed
+## comparison of the pair (docs/results/runs/synthetic-conv600/, `make compare-converged SUITE=synthetic`)
 demo: setup
 	$(PY) tools/demo.py $(DEMO_ARGS)
 
@@ -41,8 +43,8 @@ compare-quick: setup
 	$(PY) tools/compare.py --suite trees --only faster_rcnn libra_faster_rcnn --seeds 0 1 \
 		--max-iter 60 --eval-points 5 --jobs 2 --output output/compare/quick
 
-## compare-demo-pair: the 3-seed comparison behind `make demo`'s reading (FCOS vs DW-FCOS on the
-## trees, 300 iterations, 3 evaluations each; 6 runs of about 9 minutes each, 2 at a time), into
+## compare-demo-pair: FCOS vs DW-FCOS on the trees at 300 iterations, where FCOS first flattens
+## (3 seeds, 3 evaluations each; 6 runs of about 9 minutes each, 2 at a time), into
 ## output/compare/trees-demo/. The committed runs (docs/results/runs/trees-demo/) came from
 ## this command with --records docs/results/runs/trees-demo.
 compare-demo-pair: setup
