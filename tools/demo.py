@@ -12,10 +12,9 @@ The runs train side by side, one CPU thread each (on 2 cores, two single-thread 
 finish sooner than two consecutive two-thread ones), with the training settings of seed 0 of
 the recorded 3-seed comparison of the same pair (:data:`RECORDS`, ``tools/compare.py
 --records``; the demo evaluates once, at the end, where the comparison evaluated every 100
-iterations; one measured demo matched DW-FCOS's record and was 0.7 AP below FCOS's): the printed reading is that comparison's
-paired ΔAP with its 95 % interval, and the demo's own seed-0 numbers are shown next to the
-recorded ones. One seed alone cannot tell a
-method from seed noise.
+iterations): the printed reading is that comparison's paired ΔAP with its 95 % interval, and
+the demo's own seed-0 numbers are shown next to the recorded ones. One seed alone cannot tell
+a method from seed noise.
 """
 import argparse
 import contextlib
@@ -38,7 +37,7 @@ DEMO_RUNS = [
 ]
 SUITE, TRAIN_SET, VAL_SET = "synthetic", "synthetic_train", "synthetic_val"
 AP50_REQUIRED = 50.0  # detectron2 reports AP in percent
-DEMO_ITER = 600  # iterations: FCOS's converged synthetic schedule (docs/results/synthetic_conv600.md)
+DEMO_ITER = 600  # FCOS's converged synthetic schedule (docs/results/synthetic_conv600.md)
 RECORDS = os.path.join("docs", "results", "runs", "synthetic-conv600")  # its 3-seed runs
 RECORD_EVAL_POINTS = 6  # the recorded runs were evaluated every 100 iterations
 
@@ -98,12 +97,12 @@ def trivial_detector_ap50(out_dir) -> float:
             if not a.get("iscrowd", 0):
                 box = BoxMode.convert(a["bbox"], a["bbox_mode"], BoxMode.XYWH_ABS)
                 sizes.setdefault(a["category_id"], []).append(box[2:])
+    median_size = {c: np.median(np.array(wh), axis=0) for c, wh in sorted(sizes.items())}
     ev = COCOEvaluator(VAL_SET, distributed=False, output_dir=os.path.join(out_dir, "trivial"))
     ev.reset()
     for d in DatasetCatalog.get(VAL_SET):
         boxes, classes = [], []
-        for c, wh in sorted(sizes.items()):
-            w, h = np.median(np.array(wh), axis=0)
+        for c, (w, h) in median_size.items():
             xs, ys = np.arange(0, d["width"] - w / 2, w), np.arange(0, d["height"] - h / 2, h)
             boxes += [[x, y, x + w, y + h] for y in ys for x in xs]
             classes += [c] * (len(xs) * len(ys))
@@ -147,8 +146,8 @@ def reading(runs, table) -> str:
     if 0 in recorded.get(base_name, {}) and 0 in recorded.get(name, {}):
         lines.append(f"Its seed 0: {base_desc} {recorded[base_name][0]:.1f}, {method_desc} "
                      f"{recorded[name][0]:.1f} AP (this demo: {table[0][2]['AP']:.1f}, "
-                     f"{table[1][2]['AP']:.1f}; a run evaluated once can differ from one evaluated every "
-                     f"100 iterations by a few tenths of AP).")
+                     f"{table[1][2]['AP']:.1f}; a run evaluated once can differ from one "
+                     f"evaluated every 100 iterations by a few tenths of AP).")
     return "\n".join(lines)
 
 
