@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr diagnose-retinanet figures \
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr lr-sweep-table diagnose-retinanet figures \
 	clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
@@ -100,6 +100,15 @@ compare-lr: setup
 		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
+
+## lr-sweep-table: the recipe sweep's tables (per learning rate, best of sweep, convergence)
+## from the records of compare-converged and of every compare-lr run at CONVERGENCE_ITER on
+## SUITE, for CONVERGED_RUNS; trains nothing; written to output/compare/<SUITE>-conv<N>-lr-sweep.md.
+lr-sweep-table: setup
+	$(PY) tools/recipe_sweep.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER) \
+		$(wildcard docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr*) \
+		--out output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr-sweep.md
 
 ## diagnose-retinanet: why GHM and Sampling-Free RetinaNet differ from RetinaNet on SUITE
 ## (docs/results/synthetic_diagnosis_retinanet_family.md): the three at CONVERGENCE_ITER
