@@ -103,12 +103,14 @@ compare-lr: setup
 
 ## lr-sweep-table: the recipe sweep's tables (per learning rate, best of sweep, convergence)
 ## from the records of compare-converged and of every compare-lr run at CONVERGENCE_ITER on
-## SUITE, for CONVERGED_RUNS; trains nothing; written to output/compare/<SUITE>-conv<N>-lr-sweep.md.
+## SUITE, for CONVERGED_RUNS; trains nothing; tables in output/compare/<SUITE>-conv<N>-lr-sweep.md,
+## AP against the learning rate in docs/figures/<SUITE>_lr_sweep_conv<N>.png.
 lr-sweep-table: setup
 	$(PY) tools/recipe_sweep.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER) \
 		$(wildcard docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr*) \
-		--out output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr-sweep.md
+		--out output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr-sweep.md \
+		--figure docs/figures/$(SUITE)_lr_sweep_conv$(CONVERGENCE_ITER).png
 
 ## diagnose-retinanet: why GHM and Sampling-Free RetinaNet differ from RetinaNet on SUITE
 ## (docs/results/synthetic_diagnosis_retinanet_family.md): the three at CONVERGENCE_ITER

@@ -177,6 +177,57 @@ def sweep_tables(arms: Sequence[dict], entries: Sequence[tuple], seeds: Sequence
     return "\n".join(lines) + "\n"
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the repository when it lies inside it."""
+    rel = os.path.relpath(os.path.abspath(path), ROOT)
+    return path if rel.startswith("..") else rel
+
+
+def plot_sweep(arms: Sequence[dict], entries: Sequence[tuple], path: str, title: str,
+               family_of=family) -> str:
+    """One panel per detector family: each config's final AP against the learning rate (log
+    axis), mean over its seeds with the min-max range as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tools.analysis.curves import FAMILY_ORDER, FAMILY_TITLES
+    from tools.analysis.runs import finish_figure
+
+    arms = sorted(arms, key=lambda a: a["lr"])
+    fams = list(dict.fromkeys(family_of(n) for n, _, _ in entries))
+    fams.sort(key=lambda f: FAMILY_ORDER.index(f) if f in FAMILY_ORDER else len(FAMILY_ORDER))
+    fig, axes = plt.subplots(1, len(fams), figsize=(5.0 * len(fams), 4.0), squeeze=False,
+                             layout="constrained")
+    for ax, fam in zip(axes[0], fams):
+        for name, _, desc in (e for e in entries if family_of(e[0]) == fam):
+            pts = [(a["lr"], list(ap_by_seed(a, name).values())) for a in arms if ap_by_seed(a, name)]
+            if not pts:
+                continue
+            lr = [p[0] for p in pts]
+            mean = [statistics.mean(v) for _, v in pts]
+            err = [[m - min(v) for m, (_, v) in zip(mean, pts)],
+                   [max(v) - m for m, (_, v) in zip(mean, pts)]]
+            counts = sorted({len(v) for _, v in pts})
+            n = str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+            ax.errorbar(lr, mean, yerr=err, marker="o", ms=4, capsize=3, lw=1.6,
+                        label=f"{desc} (n={n})")
+        ax.set_xscale("log")
+        ax.set_xticks([a["lr"] for a in arms], [f"{a['lr']:g}" for a in arms])
+        ax.minorticks_off()
+        ax.set_xlabel("SGD learning rate (4 images per batch)")
+        ax.set_ylabel("final validation box AP (%)")
+        ax.set_title(FAMILY_TITLES.get(fam, fam))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7.5)
+    fig.suptitle(title, fontsize=12)
+    caption = ("Final validation box AP of each config at each learning rate of the sweep (same "
+               "warm-up, steps and clipping): mean over seeds, bars = min to max; n = seeds "
+               "recorded. Records: " + ", ".join(_shown(a["records"]) for a in arms) + ".")
+    return finish_figure(fig, caption, path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), required=True)
@@ -185,6 +236,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--records", nargs="+", required=True,
                         help="one records folder per learning rate (tools/compare.py --records)")
     parser.add_argument("--out", help="also write the tables to this Markdown file")
+    parser.add_argument("--figure", help="also draw AP against the learning rate (PNG)")
     args = parser.parse_args(argv)
 
     entries = SUITES[args.suite]
@@ -204,6 +256,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     md = sweep_tables(arms, entries, args.seeds)
     if args.out:
         write_markdown(md.rstrip("\n").split("\n"), args.out)
+    if args.figure:
+        print(plot_sweep(arms, entries, args.figure,
+                         f"Recipe sweep ({args.suite}, {arms[0]['max_iter']} iterations)"))
     print(md)
     return md
 

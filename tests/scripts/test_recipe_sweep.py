@@ -58,9 +58,12 @@ def _rows(md, title):
 def test_tables_per_learning_rate_and_best_of_sweep(tmp_path):
     common, low = _arms(tmp_path)
     out = str(tmp_path / "sweep.md")
+    figure = str(tmp_path / "sweep.png")
     md = S.main(["--suite", "synthetic", "--only", BASE, METHOD, "--records", common, low,
-                 "--out", out])
+                 "--out", out, "--figure", figure])
     assert open(out).read() == md
+    with open(figure, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     per_lr = _rows(md, "**Per learning rate**")
     # arms sorted by learning rate: 0.005 first. LR 0.005: differences -2, -2, -2 (sd 0);
