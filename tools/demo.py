@@ -146,8 +146,9 @@ def reading(runs, table) -> str:
     if 0 in recorded.get(base_name, {}) and 0 in recorded.get(name, {}):
         lines.append(f"Its seed 0: {base_desc} {recorded[base_name][0]:.1f}, {method_desc} "
                      f"{recorded[name][0]:.1f} AP (this demo: {table[0][2]['AP']:.1f}, "
-                     f"{table[1][2]['AP']:.1f}; a run evaluated once can differ from one "
-                     f"evaluated every 100 iterations by a few tenths of AP).")
+                     f"{table[1][2]['AP']:.1f}; on another CPU a retrained run can differ from "
+                     f"its record by a few tenths of AP: float rounding differs from the "
+                     f"first iterations on).")
     return "\n".join(lines)
 
 
