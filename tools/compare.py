@@ -212,6 +212,18 @@ def eval_period(max_iter: int, points: int) -> int:
     return max(1, -(-int(max_iter) // max(1, int(points))))
 
 
+def select_entries(entries: Sequence[Tuple[str, str, str]],
+                   only: Optional[Sequence[str]]) -> List[Tuple[str, str, str]]:
+    """The entries named in ``only`` (all when ``only`` is empty), in suite order; an unknown
+    name is an error that lists the valid ones."""
+    if not only:
+        return list(entries)
+    unknown = set(only) - {e[0] for e in entries}
+    if unknown:
+        raise SystemExit(f"--only {sorted(unknown)}: choose from {[e[0] for e in entries]}")
+    return [e for e in entries if e[0] in only]
+
+
 def config_max_iter(config: str) -> int:
     """``train.max_iter`` of a config file (its schedule when ``--max-iter`` is not given)."""
     from balanced_det.config import load_config
@@ -392,11 +404,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         entries, suite = SUITES[args.suite], args.suite
     else:
         raise SystemExit("give --suite or --configs")
-    if args.only:
-        unknown = set(args.only) - {e[0] for e in entries}
-        if unknown:
-            raise SystemExit(f"--only {sorted(unknown)}: choose from {[e[0] for e in entries]}")
-        entries = [e for e in entries if e[0] in args.only]
+    entries = select_entries(entries, args.only)
     missing = [c for _, c, _ in entries if not os.path.exists(os.path.join(ROOT, c))]
     if missing:
         raise SystemExit(f"configs not found: {missing}")

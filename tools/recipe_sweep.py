@@ -23,23 +23,28 @@ rule; the per-learning-rate table is the one without selection.
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import os
 import statistics
 import sys
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tools.compare import (MIN_SEEDS, RUN_KEY_FILE, SUITES, convergence_point, family,  # noqa: E402
-                           format_delta, mean_std, paired_delta, read_run, write_markdown)
+                           format_delta, mean_std, paired_delta, read_run, select_entries,
+                           write_markdown)
 
 LR_OPTION = "optimizer.lr="
 
 
+@functools.lru_cache(maxsize=None)
 def config_lr(config: str) -> float:
-    """``optimizer.lr`` of a config file (its learning rate without an override)."""
+    """``optimizer.lr`` of a config file (its learning rate without an override); each config
+    is loaded once however many of its runs an arm holds."""
     from balanced_det.config import load_config
 
     return float(load_config(os.path.join(ROOT, config)).optimizer.lr)
@@ -57,8 +62,6 @@ def read_arm(records: str, names: Sequence[str], seeds: Sequence[int]) -> dict:
     with the runs of ``names`` × ``seeds`` that ``records`` holds (``read_run`` results plus
     ``key``). Raises ``SystemExit`` when its runs disagree on the learning rate or the
     schedule, or when it holds none of them."""
-    import json
-
     runs: Dict[str, Dict[int, dict]] = {}
     lrs, lengths = {}, {}
     for name in names:
@@ -239,12 +242,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     parser.add_argument("--figure", help="also draw AP against the learning rate (PNG)")
     args = parser.parse_args(argv)
 
-    entries = SUITES[args.suite]
-    if args.only:
-        unknown = set(args.only) - {e[0] for e in entries}
-        if unknown:
-            raise SystemExit(f"--only {sorted(unknown)}: choose from {[e[0] for e in entries]}")
-        entries = [e for e in entries if e[0] in args.only]
+    entries = select_entries(SUITES[args.suite], args.only)
     names = [e[0] for e in entries]
     arms = [read_arm(r, names, args.seeds) for r in args.records]
     lrs = [a["lr"] for a in arms]
