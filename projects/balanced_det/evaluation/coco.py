@@ -1,11 +1,14 @@
-"""COCO evaluation that works with or without detectron2's C++ extension."""
+"""COCO evaluation that works with or without detectron2's C++ extension, and scores a model
+that detects nothing as COCO defines it (0 AP) rather than NaN."""
 from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 from detectron2.evaluation import COCOEvaluator as _D2COCOEvaluator
 
 from ..compat import coco_evaluator_kwargs
@@ -13,7 +16,12 @@ from ..data.cache import atomic_write_bytes
 from ..data.datasets import ensure_dataset
 from .groups import frequency_group_ap
 
-__all__ = ["COCOEvaluator", "DETECTIONS_FILE", "write_detections", "read_detections"]
+__all__ = ["COCOEvaluator", "DETECTIONS_FILE", "write_detections", "read_detections",
+           "NO_DETECTIONS_WARNING", "coco_eval_without_detections"]
+
+#: logged when an evaluation receives no detection at all
+NO_DETECTIONS_WARNING = ("No detections from the model: evaluated as an empty detection set "
+                         "(0 AP wherever the evaluation set has ground truth, as COCO defines it)")
 
 #: the box detections of a run's last evaluation, next to its eval_results.json
 DETECTIONS_FILE = "val_detections.json.gz"
@@ -45,13 +53,39 @@ def read_detections(path: str) -> Dict[object, List[dict]]:
     return out
 
 
+def coco_eval_without_detections(coco_gt, iou_type: str, img_ids: Optional[Sequence] = None,
+                                 kpt_oks_sigmas: Optional[Sequence[float]] = None):
+    """pycocotools' ``COCOeval`` (evaluated, accumulated, summarised) of an empty detection set
+    on ``coco_gt``: precision 0 for every class and area range with ground truth, -1 where
+    there is none, so AP = 0 (NaN without ground truth). detectron2 returns NaN for every metric
+    instead, because ``COCO.loadRes`` cannot load an empty result list."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    coco_dt = COCO()
+    coco_dt.dataset = {"images": list(coco_gt.dataset["images"]),
+                       "categories": list(coco_gt.dataset.get("categories", [])),
+                       "annotations": []}
+    coco_dt.createIndex()
+    coco_eval = COCOeval(coco_gt, coco_dt, iou_type)
+    if img_ids is not None:
+        coco_eval.params.imgIds = list(img_ids)
+    if iou_type == "keypoints" and kpt_oks_sigmas:
+        coco_eval.params.kpt_oks_sigmas = np.array(kpt_oks_sigmas)
+    coco_eval.evaluate()
+    coco_eval.accumulate()
+    coco_eval.summarize()
+    return coco_eval
+
+
 class COCOEvaluator(_D2COCOEvaluator):
     """detectron2's ``COCOEvaluator`` that (1) materialises the dataset's COCO JSON first
     (converted/generated datasets) or fails naming the missing file, and (2) uses pycocotools'
     ``COCOeval`` when detectron2's C++ extension is not built (``use_fast_impl=None``: auto),
     (3) adds ``APr``, ``APc``, ``APf`` (:func:`~balanced_det.evaluation.groups.frequency_group_ap`)
-    when the dataset's metadata tags its classes (``frequency_groups``, e.g. ``synthetic_lt_*``).
-    Same arguments otherwise."""
+    when the dataset's metadata tags its classes (``frequency_groups``, e.g. ``synthetic_lt_*``),
+    (4) scores an evaluation without any detection as 0 AP (:func:`coco_eval_without_detections`)
+    where detectron2 reports NaN. Same arguments otherwise."""
 
     def __init__(self, dataset_name: str, tasks=None, distributed: bool = True,
                  output_dir: Optional[str] = None, *, use_fast_impl: Optional[bool] = None,
@@ -63,9 +97,18 @@ class COCOEvaluator(_D2COCOEvaluator):
                          use_fast_impl=use_fast_impl, **kwargs)
 
     def _eval_predictions(self, predictions, img_ids=None):
+        self._eval_img_ids = img_ids  # for an evaluation without detections
         super()._eval_predictions(predictions, img_ids)
         # the COCO results rows (category ids mapped back to the dataset's by super())
         self.coco_results = [r for p in predictions for r in p.get("instances", [])]
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if coco_eval is None:  # detectron2's "no predictions": not one detection
+            logging.getLogger(__name__).warning(NO_DETECTIONS_WARNING)
+            coco_eval = coco_eval_without_detections(
+                self._coco_api, iou_type, getattr(self, "_eval_img_ids", None),
+                getattr(self, "_kpt_oks_sigmas", None))
+        return super()._derive_coco_results(coco_eval, iou_type, class_names)
 
     def evaluate(self, img_ids=None):
         results = super().evaluate(img_ids)
