@@ -72,11 +72,13 @@ convergence: setup
 ## synthetic). Runs recorded in docs/results/runs/<SUITE>-conv<N>/ are restored, not retrained;
 ## the others train (on the trees about 25 minutes each on one core, 2 at a time; synthetic runs
 ## are about 4x cheaper) and are recorded there, so an interrupted comparison resumes on any machine.
+## SEEDS="0 1 2 3 4" adds seeds (where an interval straddles 0), training only the new ones.
 SUITE ?= trees
+SEEDS ?= 0 1 2
 CONVERGED_RUNS = fcos dw_fcos dw_fcos_refine retinanet ghm_retinanet ghm_per_level_retinanet \
 	sampling_free_retinanet faster_rcnn pisa_faster_rcnn libra_faster_rcnn
 compare-converged: setup
-	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds $(SEEDS) \
 		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)
@@ -96,7 +98,7 @@ compare-new-methods:
 ## stopped.
 LR ?= 0.005
 compare-lr: setup
-	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+	$(PY) tools/compare.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds $(SEEDS) \
 		--max-iter $(CONVERGENCE_ITER) --eval-points $(EVAL_POINTS) --jobs $(COMPARE_JOBS) --convergence \
 		--output output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr$(LR) optimizer.lr=$(LR)
@@ -106,7 +108,7 @@ compare-lr: setup
 ## SUITE, for CONVERGED_RUNS; trains nothing; tables in output/compare/<SUITE>-conv<N>-lr-sweep.md,
 ## AP against the learning rate in docs/figures/<SUITE>_lr_sweep_conv<N>.png.
 lr-sweep-table: setup
-	$(PY) tools/recipe_sweep.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds 0 1 2 \
+	$(PY) tools/recipe_sweep.py --suite $(SUITE) --only $(CONVERGED_RUNS) --seeds $(SEEDS) \
 		--records docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER) \
 		$(wildcard docs/results/runs/$(SUITE)-conv$(CONVERGENCE_ITER)-lr*) \
 		--out output/compare/$(SUITE)-conv$(CONVERGENCE_ITER)-lr-sweep.md \
