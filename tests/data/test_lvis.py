@@ -93,10 +93,7 @@ def test_lvis_evaluation_without_any_detection_scores_zero(tiny_lvis, tmp_path):
     ev = LVISEvaluator(name, tasks=("bbox",), distributed=False, output_dir=str(tmp_path))
     ev.reset()
     for d in DatasetCatalog.get(name):
-        ev.process([{"image_id": d["image_id"]}],
-                   [{"instances": Instances((d["height"], d["width"]), pred_boxes=Boxes(
-                       torch.zeros(0, 4)), scores=torch.zeros(0),
-                       pred_classes=torch.zeros(0, dtype=torch.long))}])
+        ev.process([{"image_id": d["image_id"]}], [{"instances": _predictions_from_gt(d)[:0]}])
     res = ev.evaluate()["bbox"]
     for key in ("AP", "AP50", "AP75", "APs", "APr", "APc", "APf"):
         assert res[key] == 0.0, (key, res)

@@ -97,7 +97,7 @@ class COCOEvaluator(_D2COCOEvaluator):
                          use_fast_impl=use_fast_impl, **kwargs)
 
     def _eval_predictions(self, predictions, img_ids=None):
-        self._eval_img_ids = img_ids  # for an evaluation without detections
+        self._eval_img_ids = img_ids  # read by _derive_coco_results, which super() calls
         super()._eval_predictions(predictions, img_ids)
         # the COCO results rows (category ids mapped back to the dataset's by super())
         self.coco_results = [r for p in predictions for r in p.get("instances", [])]
@@ -106,8 +106,7 @@ class COCOEvaluator(_D2COCOEvaluator):
         if coco_eval is None:  # detectron2's "no predictions": not one detection
             logging.getLogger(__name__).warning(NO_DETECTIONS_WARNING)
             coco_eval = coco_eval_without_detections(
-                self._coco_api, iou_type, getattr(self, "_eval_img_ids", None),
-                getattr(self, "_kpt_oks_sigmas", None))
+                self._coco_api, iou_type, self._eval_img_ids, self._kpt_oks_sigmas)
         return super()._derive_coco_results(coco_eval, iou_type, class_names)
 
     def evaluate(self, img_ids=None):
