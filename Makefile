@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr lr-sweep-table diagnose-retinanet figures \
+.PHONY: help setup test demo compare compare-quick compare-demo-pair convergence compare-converged compare-new-methods compare-lr lr-sweep-table diagnose-retinanet evidence figures \
 	clean-venv
 
 ## setup: create/update the Python environment (idempotent; ~1 s when up to date)
@@ -128,8 +128,15 @@ diagnose-retinanet: setup
 		--runs $(DIAG_RUNS) --seeds 0 1 2
 	$(PY) tools/analysis.py gradients --suite $(SUITE) --compare-dir output/compare/$(SUITE)-diag \
 		--runs $(DIAG_RUNS) --seeds 0
-## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`
-figures: setup
+## evidence: every recorded converged comparison's paired ΔAP [95 % CI] in one table
+## (docs/results/evidence.md) and a forest plot (docs/figures/evidence_delta_ap.png), read from
+## docs/results/runs/ (trains nothing; about 10 s)
+evidence: setup
+	$(PY) tools/evidence.py --out docs/results/evidence.md --figure docs/figures/evidence_delta_ap.png
+
+## figures: the analysis figures (docs/figures/*.png) from the runs of `make compare`, and the
+## evidence plot
+figures: setup evidence
 	$(PY) tools/analysis.py all --suite trees
 	$(PY) tools/analysis.py all --suite synthetic
 

@@ -8,33 +8,12 @@ import shutil
 
 import pytest
 
+from record_helpers import flat, rising, write_record as _record
 from tools import compare as C
 from tools import recipe_sweep as S
 
 BASE, METHOD = "retinanet", "ghm_retinanet"
 CONFIG = {name: cfg for name, cfg, _ in C.SUITES["synthetic"]}
-
-
-def _record(root, name, seed, ap, curve, lr=None, max_iter=10):
-    folder = os.path.join(root, name, f"seed{seed}")
-    os.makedirs(folder)
-    opts = ([f"optimizer.lr={lr}"] if lr is not None else []) + ["train.eval_period=5"]
-    with open(os.path.join(folder, C.RUN_KEY_FILE), "w") as f:
-        json.dump({"config": CONFIG[name], "seed": seed, "max_iter": max_iter, "opts": opts}, f)
-    with open(os.path.join(folder, "eval_results.json"), "w") as f:
-        json.dump({"bbox": {m: ap for m in C.METRICS}}, f)
-    with open(os.path.join(folder, C.EVAL_HISTORY), "w") as f:
-        json.dump([{"iteration": it, "bbox": {"AP": a}} for it, a in curve(ap)], f)
-    with open(os.path.join(folder, "metrics.json"), "w") as f:
-        f.write(json.dumps({"iteration": 9, "total_loss": 1.0, "time": 0.5}) + "\n")
-
-
-def rising(ap):  # +2 AP over the last evaluation: not converged
-    return [(5, ap - 2), (10, ap)]
-
-
-def flat(ap):  # converged at the first evaluation
-    return [(5, ap - 0.1), (10, ap)]
 
 
 def _arms(tmp_path):
