@@ -359,11 +359,12 @@ def _dense_reference(net, anchors, labels, gt, logits, deltas, normalizer, beta)
                 px, py = dd[0] * float(sw) + cx, dd[1] * float(sh) + cy
                 iou = _iou([px - pw / 2, py - ph / 2, px + pw / 2, py + ph / 2],
                            [float(x) for x in dst])
-                feats.append([iou, float(torch.sigmoid(logits[i, a, lab])), float(ce[-1])]
-                             + [float(x) for x in box[len(ce) - 1]])
+                feats.append([iou, float(torch.sigmoid(logits[i, a, lab]).detach()),
+                              float(ce[-1].detach())]
+                             + [float(x.detach()) for x in box[len(ce) - 1]])
                 pos.append(len(ce) - 1)
             else:
-                feats.append([0.0, 0.0, float(ce[-1]), 0.0, 0.0, 0.0, 0.0])
+                feats.append([0.0, 0.0, float(ce[-1].detach()), 0.0, 0.0, 0.0, 0.0])
     s_cls, s_reg = [], []
     for f in feats:
         f = torch.tensor(f)
