@@ -231,6 +231,15 @@ def config_max_iter(config: str) -> int:
     return int(load_config(os.path.join(ROOT, config)).train.max_iter)
 
 
+def seed_folders(folder: str) -> Dict[int, str]:
+    """``{seed: path}`` of the ``seed<k>`` run folders directly under ``folder``, by seed (none
+    when it does not exist; a set-aside ``seed<k>.previous-<time>`` folder is not a run)."""
+    names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    found = {int(d[4:]): os.path.join(folder, d) for d in names
+             if d.startswith("seed") and d[4:].isdigit()}
+    return dict(sorted(found.items()))
+
+
 def read_ap_curve(run_dir: str) -> Dict[int, float]:
     """``{iterations done: box AP}`` of every evaluation of a run: ``eval_history.json``, else
     the ``bbox/AP`` rows of ``metrics.json`` (runs from before the history was kept; there

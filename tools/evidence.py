@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -27,11 +26,10 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from tools.compare import (MIN_SEEDS, SUITES, convergence_point, family, format_delta,  # noqa: E402
-                           paired_delta, read_run, write_markdown)
+                           paired_delta, seed_folders, write_markdown)
 from tools.recipe_sweep import ap_by_seed, best_arm, read_arm  # noqa: E402
 
 RECORDS = os.path.join(ROOT, "docs", "results", "runs")
-SEED_DIR = re.compile(r"seed(\d+)$")
 SWEEP = ("synthetic-conv600", "synthetic-conv600-lr0.005", "synthetic-conv600-lr0.02",
          "synthetic-conv600-lr0.04")
 
@@ -65,15 +63,12 @@ def baseline_of(suite: str, name: str) -> str:
     return next(n for n, _, _ in SUITES[suite] if family(n) == family(name))
 
 
-def folder_runs(folder: str, name: str) -> Dict[int, dict]:
-    """``{seed: read_run(...)}`` of the finished runs of ``name`` in a records folder."""
-    runs = {}
-    top = os.path.join(folder, name)
-    for entry in sorted(os.listdir(top)) if os.path.isdir(top) else []:
-        m = SEED_DIR.match(entry)
-        if m and os.path.exists(os.path.join(top, entry, "eval_results.json")):
-            runs[int(m.group(1))] = read_run(os.path.join(top, entry))
-    return runs
+def recorded_arm(folder: str, names: Sequence[str]) -> Optional[dict]:
+    """The runs of ``names`` in a records folder as one :func:`tools.recipe_sweep.read_arm`
+    arm over every seed recorded there (its checks included: one learning rate, one schedule),
+    or None when the folder holds none of them."""
+    seeds = sorted({s for n in names for s in seed_folders(os.path.join(folder, n))})
+    return read_arm(folder, names, seeds) if seeds else None
 
 
 def _converged(runs: Sequence[dict]) -> bool:
@@ -88,19 +83,15 @@ def setting_cell(setting: Setting, name: str, root: str) -> Optional[Cell]:
     folders = [f for f in folders if os.path.isdir(f)]
     if not folders:
         return None
+    arms = [a for a in (recorded_arm(f, [base, name]) for f in folders) if a is not None]
     if len(folders) == 1:
-        b, m = folder_runs(folders[0], base), folder_runs(folders[0], name)
-        if not b or not m:
+        if not arms or base not in arms[0]["runs"] or name not in arms[0]["runs"]:
             return None
-        d = paired_delta({s: r["AP"] for s, r in b.items()}, {s: r["AP"] for s, r in m.items()})
-        return Cell(d, _converged(b.values()) and _converged(m.values()))
+        arm = arms[0]
+        d = paired_delta(ap_by_seed(arm, base), ap_by_seed(arm, name))
+        return Cell(d, _converged(arm["runs"][base].values())
+                    and _converged(arm["runs"][name].values()))
     seeds = setting.seeds or (0, 1, 2)
-    arms = []
-    for f in folders:
-        try:
-            arms.append(read_arm(f, [base, name], seeds))
-        except SystemExit:  # this learning rate has neither run: not part of the pair's sweep
-            continue
     swept = [a for a in arms if set(ap_by_seed(a, name)) >= set(seeds)]
     if len(swept) < 2:  # the method was not swept (one learning rate or none): no cell
         return None
@@ -114,8 +105,8 @@ def setting_cell(setting: Setting, name: str, root: str) -> Optional[Cell]:
     return Cell(d, conv, (best_b["lr"], best_m["lr"]))
 
 
-def evidence(settings: Sequence[Setting], root: str) -> Tuple[List[Tuple[str, str]], Dict]:
-    """Rows ``[(suite name, method)]`` in suite order (methods with some cell) and the cells
+def evidence(settings: Sequence[Setting], root: str) -> Tuple[List[str], Dict]:
+    """The rows, the methods with some cell in suite order, and the cells
     ``{(setting label, method): Cell}``."""
     cells = {}
     for s in settings:

@@ -239,3 +239,12 @@ def test_overrides_reach_every_run_and_key_its_record(tmp_path, monkeypatch):
     argv[-1] = str(tmp_path / "records-lr0.02")
     C.main(argv + ["--output", str(tmp_path / "b"), "optimizer.lr=0.02"])
     assert len(calls) == 6 and all("optimizer.lr=0.02" in c[3] for c in calls)
+
+
+def test_seed_folders_lists_runs_by_seed_not_set_aside_ones(tmp_path):
+    for d in ("seed10", "seed2", "seed2.previous-20261207", "notes", "seedx"):
+        os.makedirs(tmp_path / "fcos" / d)
+    assert C.seed_folders(str(tmp_path / "fcos")) == {
+        2: str(tmp_path / "fcos" / "seed2"), 10: str(tmp_path / "fcos" / "seed10")}
+    assert list(C.seed_folders(str(tmp_path / "fcos"))) == [2, 10]
+    assert C.seed_folders(str(tmp_path / "missing")) == {}

@@ -76,3 +76,12 @@ def test_a_root_without_pairs_is_refused(tmp_path):
     write_record(str(tmp_path / "trees-conv600"), "fcos", 0, 10.0, flat, suite="trees")
     with pytest.raises(SystemExit, match="no recorded pair in any of"):
         E.main(["--records-root", str(tmp_path)])
+
+
+def test_a_records_folder_mixing_learning_rates_is_refused(tmp_path):
+    _records(str(tmp_path))
+    # one DW-FCOS seed of the common-recipe folder trained at another learning rate
+    write_record(str(tmp_path / "trees-conv600"), "dw_fcos", 5, 12.0, flat, lr=0.02,
+                 suite="trees")
+    with pytest.raises(SystemExit, match="trees-conv600: its runs have different learning rates"):
+        E.main(["--records-root", str(tmp_path)])

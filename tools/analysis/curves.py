@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from tqdm import tqdm
 
-from ..compare import SUITES, family, read_ap_curve
+from ..compare import SUITES, family, read_ap_curve, seed_folders
 from .runs import MissingRunError, RunRef, compare_command, finish_figure, relpath
 
 __all__ = ["read_metrics", "read_curves", "seed_band", "plot_curves"]
@@ -51,16 +51,13 @@ def read_curves(suite: str, compare_dir: str) -> Tuple[Dict[str, dict], List[str
     crashed, another config), not drawn."""
     curves, missing, unfinished = {}, [], []
     for name, _, desc in tqdm(SUITES[suite], desc="runs", unit="run", leave=False):
-        folder = os.path.join(compare_dir, name)
         runs = []
-        for d in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
-            if not (d.startswith("seed") and d[4:].isdigit()):
-                continue
-            ref = RunRef(suite, name, int(d[4:]), compare_dir)
+        for seed, path in seed_folders(os.path.join(compare_dir, name)).items():
+            ref = RunRef(suite, name, seed, compare_dir)
             if ref.finished():
                 runs.append(ref)
             else:
-                unfinished.append(os.path.join(name, d))
+                unfinished.append(os.path.join(name, os.path.basename(path)))
         if not runs:
             missing.append(name)
             continue
