@@ -255,13 +255,15 @@ def bench_dw(args, device) -> List[Dict]:
     # sanity: every version gives the same weights
     a = dw_weights_library(points, strides, scores, boxes, gts, C, grid)
     for wa, wm in zip(a, dw_weights_library(points, strides, scores, boxes, gts, C)):
-        assert all(torch.equal(u, v) for u, v in zip(wa, wm)), "grid pairs differ from the mask's"
+        assert wa.shape == wm.shape and all(
+            torch.equal(getattr(wa, f), getattr(wm, f))
+            for f in ("point_idx", "gt_idx", "pos", "neg_idx", "neg")), "grid pairs differ from the mask's"
     b = dw_weights_per_gt_loop(points, strides, scores, boxes, gts, C)
     d = dw_weights_dense(points, strides, scores, boxes, gts, C)
     e = dw_weights_per_gt_columns(points, strides, scores, boxes, gts, C)
     for wa, (wb, pb), (wd, pd), (we, pe) in zip(a, b, d, e):
         for other in (pb, pd, pe):
-            assert torch.allclose(wa.neg, other, atol=1e-5), "negative weights differ"
+            assert torch.allclose(wa.dense_neg(), other, atol=1e-5), "negative weights differ"
         # library pairs are GT-major, points ascending: the loop's per-GT bag vectors in order
         assert torch.allclose(wa.pos, torch.cat([w for w in wb if w is not None]),
                               rtol=1e-4, atol=1e-6), "positive weights differ (loop)"

@@ -71,7 +71,11 @@ def test_weights_equal_the_dense_functions(seed, chunk):
     w = torch.zeros_like(w_dense)
     w[out.point_idx, out.gt_idx] = out.pos
     torch.testing.assert_close(w, w_dense, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(out.neg, neg_dense, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out.dense_neg(), neg_dense, rtol=0, atol=1e-6)
+    # stored: entries of the pairs' (point, class), each once, ascending, all below 1
+    keys = out.point_idx * s.shape[1] + labels[out.gt_idx]
+    assert bool((out.neg_idx[1:] > out.neg_idx[:-1]).all()) and bool((out.neg < 1).all())
+    assert bool(torch.isin(out.neg_idx, keys).all()) and out.shape == tuple(s.shape)
     assert out.pos.dtype == torch.float32 and out.neg.dtype == torch.float32
     assert (out.neg < 1).any() and not out.pos.requires_grad
 
@@ -130,7 +134,7 @@ def test_zero_gts_and_only_empty_bags():
                        (torch.tensor([[1.0, 1.0, 2.0, 2.0]]), torch.tensor([2]))):
         w = dw_image_weights(s, boxes, points, strd, gt, labels)
         assert w.point_idx.numel() == 0 and w.pos.numel() == 0
-        assert torch.equal(w.neg, torch.ones(P, C))
+        assert w.neg_idx.numel() == 0 and torch.equal(w.dense_neg(), torch.ones(P, C))
         t = dw_image_terms(s, boxes, points, strd, gt, labels)
         assert t.pos_cls.item() == 0 and t.pos_loc.item() == 0 and t.neg_norm.item() == 0
         assert t.pos_cls.requires_grad and t.pos_loc.requires_grad
@@ -170,23 +174,34 @@ def test_points_on_box_edges_are_outside():
     assert dw_candidate_bag(points, gt)[:, 0].tolist() == [False, False, True, False, False]
 
 
-def test_fused_negative_term_matches_autograd():
-    from balanced_det.ops.dw import _NegativeTerm
+def test_fused_negative_sum_matches_autograd():
+    from balanced_det.ops.dw import _NegativeSum
 
     g = torch.Generator().manual_seed(7)
     s0 = torch.rand(50, 6, generator=g)
     s0[0, :4] = torch.tensor([0.0, 1.0, 1 - 1e-8, 0.999])  # clamp active at 1 and 1 - 1e-8
-    neg_w = torch.rand(50, 6, generator=g)
-    neg_w[1] = 1.0
     res = []
     for fused in (True, False):
         s = s0.clone().requires_grad_(True)
         if fused:
-            val = _NegativeTerm.apply(s, neg_w)
+            val = _NegativeSum.apply(s)
         else:
-            val = (neg_w * s * s * -torch.log((1 - s).clamp(min=EPS))).sum()
+            val = (s * s * -torch.log((1 - s).clamp(min=EPS))).sum()
         (3.0 * val).backward()
         res.append((val.detach(), s.grad))
     for a, b in zip(*res):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
         assert torch.isfinite(a).all()
+
+
+def test_touched_negatives_take_the_minimum_per_entry():
+    from balanced_det.ops.dw import _touched_negatives
+
+    # entry 5 is touched by three pairs (a point inside three boxes of one class): min at its
+    # first pair, 1 at the others
+    idx, neg = _touched_negatives(torch.tensor([5, 2, 5, 7, 5]),
+                                  torch.tensor([0.3, 0.9, 0.1, 1.0, 0.6]))
+    assert idx.tolist() == [2, 5, 5, 5, 7]
+    torch.testing.assert_close(neg, torch.tensor([0.9, 0.1, 1.0, 1.0, 1.0]))
+    idx, neg = _touched_negatives(torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    assert idx.numel() == 0 and neg.numel() == 0

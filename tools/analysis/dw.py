@@ -74,7 +74,7 @@ def dw_maps(model, item: dict, levels: Sequence[str] = ("p3", "p4")) -> Dict[str
                              sigma=model.center_prior_sigma)
         pos_map = torch.zeros(P, device=scores.device).scatter_reduce(
             0, w.point_idx, w.pos, reduce="amax")
-        neg_map = w.neg[:, torch.unique(gtl)].amin(dim=1)
+        neg_map = w.dense_neg()[:, torch.unique(gtl)].amin(dim=1)
         iou_map = pairwise_iou(Boxes(boxes), Boxes(gtb)).amax(dim=1)
     else:
         pos_map = torch.zeros(P, device=scores.device)

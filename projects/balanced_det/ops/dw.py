@@ -17,7 +17,9 @@ Per image, with points ``i`` (P), ground truths ``j`` (G), joint scores
     L_pos_loc   = 0.25 sum w_pos BCE(p_loc, 1) / num_gt      (BCE(p_loc, 1) = 5 GIoU_loss)
     L_neg       = sum P_neg s^2 BCE(s, 0) / max(1, sum (1 - P_neg))
 
-Everything is computed on the K (point, GT) pairs of the bags only, never on (P, G) matrices:
+Everything is computed on the K (point, GT) pairs of the bags only, never on (P, G) matrices,
+and ``P_neg`` is kept on the (point, class) entries the pairs touch (it is 1 elsewhere), so
+``L_neg = sum s^2 BCE(s, 0) + sum_touched (P_neg - 1) s^2 BCE(s, 0)``:
 :func:`dw_image_terms` gives the un-normalised loss terms of one image, :func:`dw_losses` the
 normalised batch losses, :func:`dw_image_weights` the weights alone. All maths in float32.
 Derivations, memory, and the differences from the reference code: docs/methods/dw.md.
@@ -52,13 +54,23 @@ class DWImageWeights(NamedTuple):
 
     The positive weights are nonzero only on the candidate bags, so they are given on the
     ``K`` (point, GT) pairs of the bags (every point strictly inside every box), ordered by GT
-    then point; ``w_pos[point_idx[k], gt_idx[k]] = pos[k]`` and 0 elsewhere.
+    then point; ``w_pos[point_idx[k], gt_idx[k]] = pos[k]`` and 0 elsewhere. ``P_neg`` is below
+    1 only on (point, class) entries of the pairs; those are stored:
+    ``P_neg.view(-1)[neg_idx[u]] = neg[u]`` (``neg_idx`` ascending), 1 elsewhere
+    (:meth:`dense_neg`).
     """
 
     point_idx: Tensor  # (K,) int64
     gt_idx: Tensor  # (K,) int64
     pos: Tensor  # (K,) float32 w_pos of each bag pair
-    neg: Tensor  # (P, C) float32 P_neg
+    neg_idx: Tensor  # (U,) int64 flat index point * C + class into the (P, C) scores
+    neg: Tensor  # (U,) float32 P_neg < 1 on those entries
+    shape: Tuple[int, int]  # (P, C)
+
+    def dense_neg(self) -> Tensor:
+        """``P_neg`` as a (P, C) tensor (ones with the touched entries written in)."""
+        out = torch.ones(self.shape[0] * self.shape[1], device=self.neg.device)
+        return out.index_copy_(0, self.neg_idx, self.neg).view(self.shape)
 
 
 class DWImageTerms(NamedTuple):
@@ -113,6 +125,7 @@ class _ChunkPairs(NamedTuple):
     gj: Tensor  # (K,) GT index inside the chunk
     keys: Tensor  # (K,) flat index pi * C + label into the (P, C) score matrix
     w: Tensor  # (K,) w_pos, detached
+    y: Tensor  # (K,) y, the pair's P_neg candidate (P_neg = min over the pairs of an entry)
     giou: Optional[Tensor]  # (K,) GIoU loss (when asked for), else None
 
 
@@ -125,7 +138,6 @@ def _chunk_pairs(
     gb: Tensor,
     gl: Tensor,
     sig: Tensor,
-    neg_flat: Tensor,
     keep_giou: bool,
     grid: Optional[PointGrid] = None,
 ) -> _ChunkPairs:
@@ -135,7 +147,6 @@ def _chunk_pairs(
         s_flat: (P * C) detached scores; boxes_t: (4, P) predicted boxes coordinate-major (a
             transposed view); pts_t: ``(x, y)``, each (P,) contiguous; strd: (P,).
         gb, gl, sig: the chunk's GT boxes (Gc, 4), labels (Gc,) and prior sigmas (Gc, 2).
-        neg_flat: (P * C) ``P_neg``, reduced in place (``amin``) with the chunk's ``y``.
         keep_giou: return the pairs' GIoU loss, with its graph to ``boxes_t`` when grad mode is
             on (the weights use it detached).
         grid: the points' :class:`~balanced_det.ops.points.PointGrid`, or ``None``.
@@ -176,8 +187,21 @@ def _chunk_pairs(
         tmax = tmax.scatter_reduce_(0, gj, t, reduce="amax").index_select(0, gj)
         yv = (t - tmin + EPS) / (tmax.clamp(max=1.0) - tmin + EPS)
         yv = torch.where(iou < 0.5, torch.ones_like(yv), yv)
-        neg_flat.scatter_reduce_(0, keys, yv, reduce="amin")
-    return _ChunkPairs(pi, gj, keys, w, giou if keep_giou else None)
+    return _ChunkPairs(pi, gj, keys, w, yv, giou if keep_giou else None)
+
+
+def _touched_negatives(keys: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
+    """``P_neg`` on the (point, class) entries of the pairs, one value per pair: ``keys`` sorted
+    and, at the first pair of each entry, the minimum ``y`` of the pairs on it (a point inside
+    several boxes of one class), 1 at the entry's other pairs — so ``sum (P_neg - 1) f`` over
+    the result is the sum over the distinct entries. No host synchronisation (no ``unique``)."""
+    sk, order = keys.sort()
+    ys = y.index_select(0, order)
+    first = torch.ones_like(sk, dtype=torch.bool)
+    first[1:] = sk[1:] != sk[:-1]
+    run = first.cumsum(0) - 1  # entry number of each sorted pair
+    run_min = torch.full_like(ys, math.inf).scatter_reduce_(0, run, ys, reduce="amin")
+    return sk, torch.where(first, run_min.index_select(0, run), torch.ones_like(ys))
 
 
 def _pair_loc_term(boxes: Tensor, pi: Tensor, gb: Tensor, gj: Tensor, w: Tensor) -> Tensor:
@@ -188,27 +212,30 @@ def _pair_loc_term(boxes: Tensor, pi: Tensor, gb: Tensor, gj: Tensor, w: Tensor)
     return (w * (5.0 * giou)).sum()
 
 
-class _NegativeTerm(torch.autograd.Function):
-    """``sum P_neg s^2 BCE(s, 0)`` with ``BCE(s, 0) = -log(clamp(1 - s, min=eps))``, fused: the
-    forward keeps ``s``, ``P_neg`` and the log term; the backward is one expression,
-    ``d/ds = P_neg (2 s L + s^2 / (1 - s))`` (the last term 0 where the clamp is active, as
-    ``clamp``'s gradient), instead of autograd's chain of (P, C) products. ``P_neg`` gets no
-    gradient (it is detached by definition)."""
+def _negative_loss(s: Tensor) -> Tensor:
+    """``s^2 BCE(s, 0)`` element by element, ``BCE(s, 0) = -log(clamp(1 - s, min=eps))``."""
+    return s * s * -torch.log(torch.rsub(s, 1).clamp(min=EPS))
+
+
+class _NegativeSum(torch.autograd.Function):
+    """``sum s^2 BCE(s, 0)`` over all (P, C) scores (:func:`_negative_loss` summed), fused: the
+    forward keeps ``s`` and the log term; the backward is one expression,
+    ``d/ds = 2 s L + s^2 / (1 - s)`` (the last term 0 where the clamp is active, as
+    ``clamp``'s gradient), instead of autograd's chain of (P, C) products."""
 
     @staticmethod
-    def forward(ctx, s: Tensor, neg_w: Tensor) -> Tensor:
+    def forward(ctx, s: Tensor) -> Tensor:
         log_term = torch.rsub(s, 1).clamp_(min=EPS).log_().neg_()  # -log(clamp(1 - s))
-        ctx.save_for_backward(s, neg_w, log_term)
-        return (neg_w * s).mul_(s).mul_(log_term).sum()
+        ctx.save_for_backward(s, log_term)
+        return (s * s).mul_(log_term).sum()
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        s, neg_w, log_term = ctx.saved_tensors
+        s, log_term = ctx.saved_tensors
         one_minus = torch.rsub(s, 1)
         # s / (1 - s) where 1 - s >= eps (clamp passes the gradient there), else 0
         ratio = torch.where(one_minus >= EPS, s / one_minus, torch.zeros_like(s))
-        grad = ratio.add_(log_term, alpha=2.0).mul_(s).mul_(neg_w).mul_(grad_out)
-        return grad, None
+        return ratio.add_(log_term, alpha=2.0).mul_(s).mul_(grad_out)
 
 
 def _prepare(scores, pred_boxes, points, strides, gt_boxes, gt_labels, sigma, gt_chunk_size):
@@ -262,19 +289,27 @@ def dw_image_weights(
     P, C = s.shape
     _check_grid(grid, P)
     s_flat, boxes_t, pts_t = s.reshape(-1), boxes.t(), _columns(pts)
-    neg_flat = torch.ones(P * C, device=s.device, dtype=torch.float32)
-    pis, gjs, ws = [], [], []
+    parts = []
     for start in range(0, gtb.shape[0], chunk):
         sl = slice(start, start + chunk)
         cp = _chunk_pairs(s_flat, C, boxes_t, pts_t, strd, gtb[sl], labels[sl], sig[sl],
-                          neg_flat, keep_giou=False, grid=grid)
-        pis.append(cp.pi)
-        gjs.append(cp.gj + start)
-        ws.append(cp.w)
-    if not ws:
-        empty = torch.zeros(0, dtype=torch.long, device=s.device)
-        return DWImageWeights(empty, empty, torch.zeros(0, device=s.device), neg_flat.view(P, C))
-    return DWImageWeights(torch.cat(pis), torch.cat(gjs), torch.cat(ws), neg_flat.view(P, C))
+                          keep_giou=False, grid=grid)
+        parts.append((cp.pi, cp.gj + start, cp.w, cp.keys, cp.y))
+    long, f32 = torch.long, torch.float32
+    pi, gj, w, keys, y = _concat_fields(parts, (long, long, f32, long, f32), s.device)
+    neg_idx, neg = _touched_negatives(keys, y)
+    below = neg < 1
+    return DWImageWeights(pi, gj, w, neg_idx[below], neg[below], (P, C))
+
+
+def _concat_fields(parts, dtypes, device) -> Tuple[Tensor, ...]:
+    """The GT chunks' per-pair tensors joined field by field; with no chunk, empty tensors of
+    ``dtypes``."""
+    if not parts:
+        return tuple(torch.zeros(0, dtype=d, device=device) for d in dtypes)
+    if len(parts) == 1:
+        return tuple(parts[0])
+    return tuple(torch.cat(field) for field in zip(*parts))
 
 
 def dw_image_terms(
@@ -321,8 +356,7 @@ def dw_image_terms(
     pts_t = _columns(pts)
     grad = torch.is_grad_enabled() and boxes.requires_grad
     chunked = chunk < G
-    neg_flat = torch.ones(P * C, device=s.device, dtype=torch.float32)
-    keys, ws = [], []
+    parts = []
     pos_loc = boxes.reshape(-1)[:0].sum()  # 0, attached to the graph
     for start in range(0, G, chunk):
         sl = slice(start, start + chunk)
@@ -331,23 +365,23 @@ def dw_image_terms(
         # when training; several chunks: recomputed in backward under checkpoint
         recompute = grad and chunked
         cp = _chunk_pairs(s_flat, C, (boxes.detach() if recompute else boxes).t(), pts_t, strd,
-                          gb, labels[sl], sig[sl], neg_flat, keep_giou=not recompute, grid=grid)
-        keys.append(cp.keys)
-        ws.append(cp.w)
+                          gb, labels[sl], sig[sl], keep_giou=not recompute, grid=grid)
+        parts.append((cp.w, cp.keys, cp.y))
         if recompute:
             pos_loc = pos_loc + checkpoint(_pair_loc_term, boxes, cp.pi, gb, cp.gj, cp.w,
                                            use_reentrant=False)
         else:
             pos_loc = pos_loc + (cp.w * (5.0 * cp.giou)).sum()
-    if ws:
-        key, w = (keys[0], ws[0]) if len(ws) == 1 else (torch.cat(keys), torch.cat(ws))
-    else:
-        key = torch.zeros(0, dtype=torch.long, device=s.device)
-        w = torch.zeros(0, device=s.device)
+    w, key, y = _concat_fields(parts, (torch.float32, torch.long, torch.float32), s.device)
     # sum_j w_pos[i, j] BCE(s[i, label_j], 1) over the bag pairs
-    pos_cls = (w * -torch.log(s.reshape(-1).index_select(0, key).clamp(min=EPS))).sum()
-    neg_w = neg_flat.view(P, C)
-    neg = _NegativeTerm.apply(s, neg_w)
+    s_all = s.reshape(-1)
+    pos_cls = (w * -torch.log(s_all.index_select(0, key).clamp(min=EPS))).sum()
+    # sum P_neg s^2 BCE(s, 0): over every entry, plus (P_neg - 1) s^2 BCE(s, 0) on the touched
+    # entries (P_neg = 1 on the others), so no (P, C) P_neg is formed
+    with torch.no_grad():
+        neg_idx, neg_w = _touched_negatives(key, y)
+    touched = _negative_loss(s_all.index_select(0, neg_idx))
+    neg = _NegativeSum.apply(s) + ((neg_w - 1) * touched).sum()
     neg_norm = (1 - neg_w).sum()
     num_gt = torch.full((), float(G), device=s.device)  # a fill kernel, no host->device copy
     return DWImageTerms(pos_cls, pos_loc, neg, neg_norm, num_gt, w.sum())
