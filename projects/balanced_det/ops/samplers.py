@@ -74,11 +74,11 @@ def instance_balanced_pos_sample(
     ids, order = gt_ids.index_select(0, perm).sort(stable=True)
     members = perm.index_select(0, order)  # grouped by GT, uniformly random order inside
     rank = torch.arange(n, device=device) - torch.searchsorted(ids, ids)  # rank inside the GT
-    num_gts = (rank == 0).sum().double()
-    # round(P / G) + 1 with P / G one correctly rounded float64 division (a tie k + 0.5 is then
-    # exact; ``scalar / tensor`` would multiply by a rounded reciprocal and can miss it)
-    cap = torch.round(num_gts.new_full((), float(num_expected)) / num_gts) + 1
-    key = (rank < cap).double() + _rand(n, generator, device)  # tier 1: within the cap
+    num_gts = (rank == 0).sum(dtype=torch.float64)
+    # rank < round(P / G) + 1, with P / G one correctly rounded float64 division (a tie k + 0.5
+    # is then exact; ``scalar / tensor`` would multiply by a rounded reciprocal and can miss it)
+    within_cap = rank <= torch.round(num_gts.new_full((), float(num_expected)).div_(num_gts))
+    key = _rand(n, generator, device).add_(within_cap)  # tier 1: within the cap
     return members.index_select(0, key.topk(k, sorted=False).indices)
 
 
