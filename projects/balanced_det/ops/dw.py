@@ -69,7 +69,8 @@ class DWImageWeights(NamedTuple):
 
     def dense_neg(self) -> Tensor:
         """``P_neg`` as a (P, C) tensor (ones with the touched entries written in)."""
-        out = torch.ones(self.shape[0] * self.shape[1], device=self.neg.device)
+        out = torch.ones(self.shape[0] * self.shape[1], device=self.neg.device,
+                         dtype=self.neg.dtype)
         return out.index_copy_(0, self.neg_idx, self.neg).view(self.shape)
 
 
@@ -281,7 +282,7 @@ def dw_image_weights(
 
     Args: as :func:`dw_image_terms` (``grid`` included).
     Returns:
-        :class:`DWImageWeights` (K bag pairs, ``neg`` (P, C)).
+        :class:`DWImageWeights` (K bag pairs; ``P_neg`` on the U entries below 1).
     """
     s, boxes, pts, strd, gtb, labels, sig, chunk = _prepare(
         scores, pred_boxes, points, strides, gt_boxes, gt_labels, sigma, gt_chunk_size
@@ -298,8 +299,9 @@ def dw_image_weights(
     long, f32 = torch.long, torch.float32
     pi, gj, w, keys, y = _concat_fields(parts, (long, long, f32, long, f32), s.device)
     neg_idx, neg = _touched_negatives(keys, y)
-    below = neg < 1
-    return DWImageWeights(pi, gj, w, neg_idx[below], neg[below], (P, C))
+    below = (neg < 1).nonzero().squeeze(1)  # the entries' count: one host synchronisation
+    return DWImageWeights(pi, gj, w, neg_idx.index_select(0, below), neg.index_select(0, below),
+                          (P, C))
 
 
 def _concat_fields(parts, dtypes, device) -> Tuple[Tensor, ...]:
