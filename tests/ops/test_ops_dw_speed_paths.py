@@ -199,9 +199,9 @@ def test_touched_negatives_take_the_minimum_per_entry():
 
     # entry 5 is touched by three pairs (a point inside three boxes of one class): min at its
     # first pair, 1 at the others
-    idx, neg = _touched_negatives(torch.tensor([5, 2, 5, 7, 5]),
-                                  torch.tensor([0.3, 0.9, 0.1, 1.0, 0.6]))
-    assert idx.tolist() == [2, 5, 5, 5, 7]
+    keys = torch.tensor([5, 2, 5, 7, 5])
+    order, neg = _touched_negatives(keys, torch.tensor([0.3, 0.9, 0.1, 1.0, 0.6]))
+    assert keys[order].tolist() == [2, 5, 5, 5, 7]
     torch.testing.assert_close(neg, torch.tensor([0.9, 0.1, 1.0, 1.0, 1.0]))
-    idx, neg = _touched_negatives(torch.zeros(0, dtype=torch.long), torch.zeros(0))
-    assert idx.numel() == 0 and neg.numel() == 0
+    order, neg = _touched_negatives(torch.zeros(0, dtype=torch.long), torch.zeros(0))
+    assert order.numel() == 0 and neg.numel() == 0

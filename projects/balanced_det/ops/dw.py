@@ -192,17 +192,18 @@ def _chunk_pairs(
 
 
 def _touched_negatives(keys: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
-    """``P_neg`` on the (point, class) entries of the pairs, one value per pair: ``keys`` sorted
-    and, at the first pair of each entry, the minimum ``y`` of the pairs on it (a point inside
-    several boxes of one class), 1 at the entry's other pairs — so ``sum (P_neg - 1) f`` over
-    the result is the sum over the distinct entries. No host synchronisation (no ``unique``)."""
+    """``P_neg`` on the (point, class) entries of the pairs, one value per pair in key order:
+    ``order`` sorts the pairs by ``keys``; ``neg[k]`` belongs to pair ``order[k]`` and is, at
+    the first pair of each entry, the minimum ``y`` of the pairs on it (a point inside several
+    boxes of one class), 1 at the entry's other pairs — so ``sum (P_neg - 1) f`` over the
+    result is the sum over the distinct entries. No host synchronisation (no ``unique``)."""
     sk, order = keys.sort()
     ys = y.index_select(0, order)
     first = torch.ones_like(sk, dtype=torch.bool)
     first[1:] = sk[1:] != sk[:-1]
     run = first.cumsum(0) - 1  # entry number of each sorted pair
     run_min = torch.full_like(ys, math.inf).scatter_reduce_(0, run, ys, reduce="amin")
-    return sk, torch.where(first, run_min.index_select(0, run), torch.ones_like(ys))
+    return order, torch.where(first, run_min.index_select(0, run), torch.ones_like(ys))
 
 
 def _pair_loc_term(boxes: Tensor, pi: Tensor, gb: Tensor, gj: Tensor, w: Tensor) -> Tensor:
@@ -298,10 +299,10 @@ def dw_image_weights(
         parts.append((cp.pi, cp.gj + start, cp.w, cp.keys, cp.y))
     long, f32 = torch.long, torch.float32
     pi, gj, w, keys, y = _concat_fields(parts, (long, long, f32, long, f32), s.device)
-    neg_idx, neg = _touched_negatives(keys, y)
+    order, neg = _touched_negatives(keys, y)
     below = (neg < 1).nonzero().squeeze(1)  # the entries' count: one host synchronisation
-    return DWImageWeights(pi, gj, w, neg_idx.index_select(0, below), neg.index_select(0, below),
-                          (P, C))
+    return DWImageWeights(pi, gj, w, keys.index_select(0, order.index_select(0, below)),
+                          neg.index_select(0, below), (P, C))
 
 
 def _concat_fields(parts, dtypes, device) -> Tuple[Tensor, ...]:
@@ -376,13 +377,14 @@ def dw_image_terms(
             pos_loc = pos_loc + (cp.w * (5.0 * cp.giou)).sum()
     w, key, y = _concat_fields(parts, (torch.float32, torch.long, torch.float32), s.device)
     # sum_j w_pos[i, j] BCE(s[i, label_j], 1) over the bag pairs
-    s_all = s.reshape(-1)
-    pos_cls = (w * -torch.log(s_all.index_select(0, key).clamp(min=EPS))).sum()
+    # (one gather of the pairs' scores from the (P, C) matrix: its backward is a (P, C) scatter)
+    s_pairs = s.reshape(-1).index_select(0, key)
+    pos_cls = (w * -torch.log(s_pairs.clamp(min=EPS))).sum()
     # sum P_neg s^2 BCE(s, 0): over every entry, plus (P_neg - 1) s^2 BCE(s, 0) on the touched
     # entries (P_neg = 1 on the others), so no (P, C) P_neg is formed
     with torch.no_grad():
-        neg_idx, neg_w = _touched_negatives(key, y)
-    touched = _negative_loss(s_all.index_select(0, neg_idx))
+        order, neg_w = _touched_negatives(key, y)
+    touched = _negative_loss(s_pairs.index_select(0, order))
     neg = _NegativeSum.apply(s) + ((neg_w - 1) * touched).sum()
     neg_norm = (1 - neg_w).sum()
     num_gt = torch.full((), float(G), device=s.device)  # a fill kernel, no host->device copy
