@@ -174,6 +174,26 @@ def test_points_on_box_edges_are_outside():
     assert dw_candidate_bag(points, gt)[:, 0].tolist() == [False, False, True, False, False]
 
 
+@pytest.mark.parametrize("shrink", [0.0, 1.0])
+def test_a_one_pair_bag_is_not_a_negative(shrink):
+    """A bag of one point (IoU 1, or IoU (6/8)^2 = 0.5625 >= 0.5 with the box shrunk by 1 px per
+    side): min t = max t, so y = (0 + eps) / (0 + eps) = 1 and P_neg stays 1 there, as in the
+    reference formula; nothing is stored and the negative normaliser is 0."""
+    points = torch.tensor([[4.0, 8.0], [8.0, 4.0], [8.0, 8.0], [12.0, 8.0], [8.0, 12.0]])
+    strd = torch.full((5,), 8.0)
+    gt = torch.tensor([[4.0, 4.0, 12.0, 12.0]])
+    boxes = torch.cat([points - 4 + shrink, points + 4 - shrink], 1)
+    s = torch.full((5, 2), 0.5)
+    w = dw_image_weights(s, boxes, points, strd, gt, torch.tensor([1]))
+    assert w.point_idx.tolist() == [2] and w.neg_idx.numel() == 0
+    iou, _ = dw_pairwise_iou_giou(boxes, gt)
+    assert abs(iou[2, 0].item() - (1.0 if shrink == 0 else 0.5625)) < 1e-6
+    dense = dw_negative_weights(iou, dw_candidate_bag(points, gt), torch.tensor([1]), 2)
+    assert torch.equal(dense, torch.ones(5, 2)) and torch.equal(w.dense_neg(), dense)
+    t = dw_image_terms(s, boxes, points, strd, gt, torch.tensor([1]))
+    assert t.neg_norm.item() == 0
+
+
 def test_fused_negative_sum_matches_autograd():
     from balanced_det.ops.dw import _NegativeSum
 

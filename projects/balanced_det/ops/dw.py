@@ -85,15 +85,22 @@ class DWImageTerms(NamedTuple):
     pos_weight: Optional[Tensor] = None  # sum w_pos, for logging (detached)
 
 
-def _iou_giou(a, b, eps: float = BOX_EPS) -> Tuple[Tensor, Tensor]:
+def _box_area(x1, y1, x2, y2) -> Tensor:
+    return (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+
+
+def _iou_giou(a, b, eps: float = BOX_EPS,
+              area_b: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """IoU and GIoU loss, element by element, of boxes given coordinate-major: ``a`` and ``b``
     unpack into ``x1, y1, x2, y2`` tensors (mutually broadcastable):
     ``IoU = I / max(U, eps)``, ``GIoU_loss = 1 - IoU + (E - U) / max(E, eps)`` (E: area of the
-    enclosing box). Coordinate rows keep the element-wise kernels contiguous."""
+    enclosing box). Coordinate rows keep the element-wise kernels contiguous. ``area_b``: the
+    areas of ``b`` when already known (each GT's, gathered to its pairs)."""
     ax1, ay1, ax2, ay2 = a
     bx1, by1, bx2, by2 = b
-    area_a = (ax2 - ax1).clamp(min=0) * (ay2 - ay1).clamp(min=0)
-    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
+    area_a = _box_area(ax1, ay1, ax2, ay2)
+    if area_b is None:
+        area_b = _box_area(bx1, by1, bx2, by2)
     iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
     ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
     inter = iw * ih
@@ -163,31 +170,38 @@ def _chunk_pairs(
         keys = pi * C + gl.index_select(0, gj)
         gbt = gb.t()
         g = [gbt[c].index_select(0, gj) for c in range(4)]  # x1, y1, x2, y2 of each pair's GT
+        area_g = _box_area(*gbt).index_select(0, gj)
     with torch.set_grad_enabled(keep_giou and torch.is_grad_enabled()):
-        iou, giou = _iou_giou([boxes_t[c].index_select(0, pi) for c in range(4)], g)
+        iou, giou = _iou_giou([boxes_t[c].index_select(0, pi) for c in range(4)], g,
+                              area_b=area_g)
     with torch.no_grad():
         iou = iou.detach()
-        # centre prior: prod over x, y of exp(-((p - c) / stride)^2 / (2 sigma^2))
+        # centre prior: exp(-sum_{x,y} (p - c)^2 / (2 sigma^2 stride^2)), with the GT's
+        # centre c and -1 / (2 sigma^2) gathered per pair
         st = strd.index_select(0, pi)
-        sgt = sig.t()
-        prior = None
+        centre = (gbt[:2] + gbt[2:]) / 2
+        neg_half_prec = sig.t().square().mul_(-2).reciprocal_()  # (2, Gc) -1 / (2 sigma^2)
+        z = None
         for a in range(2):  # x, y
-            d = (pts_t[a].index_select(0, pi) - (g[a] + g[a + 2]) / 2) / st
-            e = torch.exp(-(d * d) / (2 * sgt[a].index_select(0, gj) ** 2))
-            prior = e if prior is None else prior * e
+            d = pts_t[a].index_select(0, pi) - centre[a].index_select(0, gj)
+            za = d.square_().mul_(neg_half_prec[a].index_select(0, gj))
+            z = za if z is None else z.add_(za)
+        prior = z.div_(st.square_()).exp_()
         # positive weights: exp(5 v) v prior / sum_bag(exp(3 v) v prior).clamp(min=eps)
-        v = s_flat.index_select(0, keys) * torch.exp(-5.0 * giou.detach())
+        v = s_flat.index_select(0, keys).mul_(torch.exp(-5.0 * giou.detach()))
         vp = v * prior
-        den = torch.zeros(Gc, device=v.device).index_add_(0, gj, torch.exp(3 * v) * vp)
-        w = torch.exp(5 * v) * vp / den.clamp(min=EPS).index_select(0, gj)
-        # negative weights: y normalised on each GT's bag, 1 where IoU < 0.5
-        t = (4.0 / 3.0) * (1 - iou * iou)
-        tmin = torch.full((Gc,), math.inf, device=t.device)
-        tmin = tmin.scatter_reduce_(0, gj, t, reduce="amin").index_select(0, gj)
-        tmax = torch.full((Gc,), -math.inf, device=t.device)
-        tmax = tmax.scatter_reduce_(0, gj, t, reduce="amax").index_select(0, gj)
-        yv = (t - tmin + EPS) / (tmax.clamp(max=1.0) - tmin + EPS)
-        yv = torch.where(iou < 0.5, torch.ones_like(yv), yv)
+        den = torch.zeros(Gc, device=v.device).index_add_(0, gj, torch.exp(3 * v).mul_(vp))
+        w = torch.exp(5 * v).mul_(vp).div_(den.clamp_(min=EPS).index_select(0, gj))
+        # negative weights: y = (t - min_bag t + eps) / (min(1, max_bag t) - min_bag t + eps),
+        # with min / max over each GT's bag, 1 where IoU < 0.5 (a one-pair bag: y = eps / eps = 1)
+        t = iou.square().mul_(-4.0 / 3.0).add_(4.0 / 3.0)  # (4/3)(1 - iou^2)
+        tmin = torch.full((Gc,), math.inf, device=t.device).scatter_reduce_(
+            0, gj, t, reduce="amin")
+        tmax = torch.full((Gc,), -math.inf, device=t.device).scatter_reduce_(
+            0, gj, t, reduce="amax")
+        span = tmax.clamp_(max=1.0).sub_(tmin).add_(EPS)
+        yv = (t - tmin.index_select(0, gj)).add_(EPS).div_(span.index_select(0, gj))
+        yv = torch.where(iou < 0.5, 1.0, yv)
     return _ChunkPairs(pi, gj, keys, w, yv, giou if keep_giou else None)
 
 
@@ -197,7 +211,7 @@ def _touched_negatives(keys: Tensor, y: Tensor) -> Tuple[Tensor, Tensor]:
     the first pair of each entry, the minimum ``y`` of the pairs on it (a point inside several
     boxes of one class), 1 at the entry's other pairs — so ``sum (P_neg - 1) f`` over the
     result is the sum over the distinct entries. No host synchronisation (no ``unique``)."""
-    sk, order = keys.sort()
+    sk, order = keys.sort(stable=True)  # pairs already sorted within each GT: faster stable
     ys = y.index_select(0, order)
     first = torch.ones_like(sk, dtype=torch.bool)
     first[1:] = sk[1:] != sk[:-1]

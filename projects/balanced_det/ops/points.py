@@ -1,6 +1,7 @@
 """Point grids and FCOS-style point-to-box assignment. See docs/methods/fcos.md."""
 from __future__ import annotations
 
+import math
 from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -35,12 +36,17 @@ def grid_points(
 class PointGrid(NamedTuple):
     """The layout of the points :func:`grid_points` makes: ``levels`` (L, 4) float64 rows
     ``(stride, width, height, index of the level's first point)`` on the points' device, the
-    cell ``offset`` and the number of points. Made by :func:`point_grid`; used by
-    :func:`grid_inside_pairs`."""
+    cell ``offset`` and the number of points, with the per-level constants
+    :func:`grid_inside_pairs` uses, derived from ``levels`` once. Made by :func:`point_grid`."""
 
     levels: torch.Tensor
     offset: float
     num_points: int
+    inv_stride: torch.Tensor  # (L,) float64 1 / stride
+    stride: torch.Tensor  # (L, 1) float32 stride
+    last_cell: torch.Tensor  # (4, 1, L) float64 width, height, width, height (+ 1)
+    size: torch.Tensor  # (2, 1, L) int64 width, height
+    first: torch.Tensor  # (L,) int64 index of the level's first point
 
 
 def point_grid(sizes: Sequence[Tuple[int, int]], strides: Sequence[int], offset: float = 0.5,
@@ -59,7 +65,10 @@ def point_grid(sizes: Sequence[Tuple[int, int]], strides: Sequence[int], offset:
         levels = levels.pin_memory().to(device, non_blocking=True)
     else:
         levels = levels.to(device)
-    return PointGrid(levels, float(offset), first)
+    wh = levels[:, 1:3].t()[:, None, :]  # (2, 1, L)
+    return PointGrid(levels, float(offset), first, 1.0 / levels[:, 0],
+                     levels[:, :1].float(), torch.cat([wh, wh]) + 1, wh.long(),
+                     levels[:, 3].long())
 
 
 def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -72,8 +81,9 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     points ``p`` of the three candidates around it (computed as :func:`grid_points` computes
     them), so the pairs are exactly those of the float32 test ``min(x - x1, x2 - x, y - y1,
     y2 - y) > 0`` (infinite edges included; a box with a NaN coordinate contains no point).
-    One host synchronisation (the pair count). The points are float32, as ``grid_points``
-    makes them by default.
+    The rectangles are expanded in two steps, into rows of cells and the rows into points, so
+    each pair costs a few element-wise operations. One host synchronisation (the row and pair
+    counts). The points are float32, as ``grid_points`` makes them by default.
 
     Args:
         grid: :class:`PointGrid` of the points; boxes: (G, 4) XYXY.
@@ -81,36 +91,41 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
         ``(box_index, point_index)``, each (K,) int64, box-major then point-ascending (the
         order of ``inside_mask(G, P).nonzero()``).
     """
-    lv = grid.levels
-    stride, size, first = lv[:, 0], lv[:, 1:3].t(), lv[:, 3]  # size: (2, L) widths, heights
-    L, device = lv.shape[0], boxes.device
-    bt = boxes.float().t()
-    edges = torch.stack([torch.stack([bt[0], bt[1]]), torch.stack([bt[2], bt[3]])])  # (2, 2, G)
-    # candidates i0, i0 + 1, i0 + 2, i0 + 3 around (edge / s - offset); the bound is i0 plus the
-    # number of the first three that are not past the edge (p <= lower edge; p < upper edge)
-    i0 = torch.floor(edges.double()[..., None] / stride - grid.offset) - 1  # (2, 2, G, L)
-    # inside [-3, size + 1], so infinite or huge edges give bounds 0 / size, not int64 overflow
-    i0 = torch.minimum(i0.clamp(min=-3.0), size[:, None, :] + 1)
+    L, device = grid.levels.shape[0], boxes.device
+    bt = boxes.float().t()  # (4, G): x1, y1, x2, y2
+    inf = math.inf
+    # the bound of every edge is the number of cells before it: p <= x1 for the lower edges
+    # (as p < nextafter(x1, +inf)), p < x2 for the upper ones. A NaN edge becomes +inf (lower)
+    # or -inf (upper): an empty range, as the mask test gives
+    lower = torch.nextafter(bt[:2].nan_to_num(inf, inf, -inf), bt.new_full((), inf))
+    edges = torch.cat([lower, bt[2:].nan_to_num(-inf, inf, -inf)])  # (4, G)
+    # candidates i0, i0 + 1, i0 + 2 around (edge / s - offset); the bound is i0 plus the number
+    # of them before the edge; i0 inside [-3, size + 1], so infinite or huge edges give bounds
+    # 0 / size, not int64 overflow
+    i0 = torch.floor(edges.double()[:, :, None] * grid.inv_stride - (grid.offset + 1))
+    i0 = torch.minimum(i0.clamp_(min=-3.0), grid.last_cell)  # (4, G, L)
     cand = i0[..., None] + torch.arange(3, device=device, dtype=torch.float64)
-    p = (cand.float() + grid.offset) * stride.float()[:, None]  # float32, as grid_points
-    e = edges[..., None, None]
-    not_past = torch.stack([p[0] <= e[0], p[1] < e[1]])
-    bound = (i0 + not_past.sum(-1)).long()  # (2 lower/upper, 2 x/y, G, L)
-    lo = bound[0].clamp(min=0)
-    hi = torch.minimum(bound[1], size.long()[:, None, :])
-    n = (hi - lo).clamp(min=0)  # (2, G, L) columns, rows
-    n = n * ~bt.isnan().any(0)[:, None]  # a NaN coordinate: no point inside (as the mask test)
-    counts = (n[0] * n[1]).reshape(-1)  # (G * L), box-major
-    k = int(counts.sum())  # the host synchronisation
-    block = torch.repeat_interleave(counts, output_size=k)
-    r = torch.arange(k, device=device) - (counts.cumsum(0) - counts).index_select(0, block)
-    cols = n[0].reshape(-1).index_select(0, block)
-    ix = lo[0].reshape(-1).index_select(0, block) + r % cols
-    iy = lo[1].reshape(-1).index_select(0, block) + torch.div(r, cols, rounding_mode="floor")
-    level = block % L
-    point = (first.long().index_select(0, level) + iy * size[0].long().index_select(0, level)
-             + ix)
-    return torch.div(block, L, rounding_mode="floor"), point
+    p = (cand.float() + grid.offset) * grid.stride  # float32, as grid_points
+    bound = (p < edges[:, :, None, None]).sum(-1).add_(i0.long())  # (4 x1/y1/x2/y2, G, L)
+    lo = bound[:2].clamp(min=0)
+    n = (torch.minimum(bound[2:], grid.size) - lo).clamp_(min=0)
+    cols, rows = n[0].reshape(-1), n[1].reshape(-1)  # per (box, level) block, box-major
+    width = grid.size[0, 0]
+    corner = (lo[1] * width + lo[0] + grid.first).reshape(-1)  # the block's first point
+    num_rows, k = torch.stack([rows, rows * cols]).sum(1).tolist()  # the host sync
+    # step 1: one unit per row of cells of every block, starting at corner + row * width
+    row_block = torch.repeat_interleave(rows, output_size=num_rows)
+    row_in_block = torch.arange(num_rows, device=device).sub_(
+        (rows.cumsum(0) - rows).index_select(0, row_block))
+    row_len = cols.index_select(0, row_block)
+    row_start = corner.index_select(0, row_block).add_(
+        row_in_block.mul_(width.repeat(boxes.shape[0]).index_select(0, row_block)))
+    # step 2: the cells of a row are consecutive points
+    pair_row = torch.repeat_interleave(row_len, output_size=k)
+    shift = row_start.sub_(row_len.cumsum(0) - row_len)
+    point = torch.arange(k, device=device).add_(shift.index_select(0, pair_row))
+    box = torch.div(row_block, L, rounding_mode="floor").index_select(0, pair_row)
+    return box, point
 
 
 def point_box_ltrb(points: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
