@@ -91,6 +91,20 @@ def test_weights_with_per_class_sigma():
     torch.testing.assert_close(w, w_dense, rtol=1e-5, atol=1e-7)
 
 
+def test_a_tiny_sigma_keeps_the_weights_finite():
+    """sigma = 1e-20: 2 sigma^2 underflows towards 0, so the prior is 1 for a point on the GT
+    centre's row and column and 0 elsewhere, never 0 / 0 or 0 * inf."""
+    points = torch.tensor([[8.0, 8.0], [4.0, 8.0], [12.0, 12.0]])
+    strd = torch.full((3,), 8.0)
+    gt = torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+    boxes = torch.cat([points - 4, points + 4], 1)
+    s = torch.full((3, 2), 0.5)
+    out = dw_image_weights(s, boxes, points, strd, gt, torch.tensor([0]), sigma=1e-20)
+    assert torch.isfinite(out.pos).all() and out.pos[0] > 0 and (out.pos[1:] == 0).all()
+    _, w_dense, _ = dense_terms(s, boxes, points, strd, gt, torch.tensor([0]), sigma=1e-20)
+    torch.testing.assert_close(out.pos, w_dense[:, 0], rtol=1e-5, atol=0)
+
+
 @pytest.mark.parametrize("chunk", [None, 2])
 def test_terms_and_gradients_equal_the_dense_form(chunk):
     points, strd, gt, labels, boxes0, cl0, ob0 = image(3)

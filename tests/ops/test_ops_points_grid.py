@@ -67,6 +67,24 @@ def test_pairs_equal_the_inside_test_for_infinite_huge_and_nan_edges(offset):
     assert set(ref[0].tolist()) == {0, 1, 3, 4}
 
 
+def test_pairs_equal_the_inside_test_with_denormals_flushed():
+    """Edges at 0 and +-0 with offset 0 (a point exactly on the edge: outside), also when the
+    process flushes denormals to zero, which breaks any nextafter-style comparison."""
+    sizes, strides = [(3, 3), (2, 2)], [8, 16]
+    points, _, _ = grid_points(sizes, strides, 0.0)
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [-0.0, -0.0, 16.0, 16.0],
+                          [1e-40, 0.0, 8.0, 1e-45], [-1e-40, -1e-40, 1e-40, 30.0]])
+    try:
+        for flush in (False, True):
+            torch.set_flush_denormal(flush)
+            ref = mask_pairs(points, boxes)
+            out = grid_inside_pairs(point_grid(sizes, strides, 0.0), boxes)
+            assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1]), flush
+            assert 0 not in out[1][out[0] == 0].tolist()  # the point at (0, 0) is on the edge
+    finally:
+        torch.set_flush_denormal(False)  # the default
+
+
 def test_hand_computed_cells():
     # one level, stride 8, offset 0.5: points at x, y = 4, 12, 20, 28 (4 x 2 grid)
     grid = point_grid([(2, 4)], [8])

@@ -176,17 +176,17 @@ def _chunk_pairs(
                               area_b=area_g)
     with torch.no_grad():
         iou = iou.detach()
-        # centre prior: exp(-sum_{x,y} (p - c)^2 / (2 sigma^2 stride^2)), with the GT's
-        # centre c and -1 / (2 sigma^2) gathered per pair
+        # centre prior: exp(-sum_{x,y} (p - c)^2 / (2 sigma^2) / stride^2), with the GT's
+        # centre c and 2 sigma^2 gathered per pair
         st = strd.index_select(0, pi)
         centre = (gbt[:2] + gbt[2:]) / 2
-        neg_half_prec = sig.t().square().mul_(-2).reciprocal_()  # (2, Gc) -1 / (2 sigma^2)
+        two_var = sig.t().square().mul_(2)  # (2, Gc) 2 sigma^2
         z = None
         for a in range(2):  # x, y
             d = pts_t[a].index_select(0, pi) - centre[a].index_select(0, gj)
-            za = d.square_().mul_(neg_half_prec[a].index_select(0, gj))
+            za = d.square_().div_(two_var[a].index_select(0, gj))
             z = za if z is None else z.add_(za)
-        prior = z.div_(st.square_()).exp_()
+        prior = z.div_(st.square_()).neg_().exp_()
         # positive weights: exp(5 v) v prior / sum_bag(exp(3 v) v prior).clamp(min=eps)
         v = s_flat.index_select(0, keys).mul_(torch.exp(-5.0 * giou.detach()))
         vp = v * prior

@@ -37,7 +37,8 @@ class PointGrid(NamedTuple):
     """The layout of the points :func:`grid_points` makes: ``levels`` (L, 4) float64 rows
     ``(stride, width, height, index of the level's first point)`` on the points' device, the
     cell ``offset`` and the number of points, with the per-level constants
-    :func:`grid_inside_pairs` uses, derived from ``levels`` once. Made by :func:`point_grid`."""
+    :func:`grid_inside_pairs` uses, derived from ``levels`` once. Build it with
+    :func:`point_grid` (the derived fields must match ``levels``)."""
 
     levels: torch.Tensor
     offset: float
@@ -94,11 +95,10 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     L, device = grid.levels.shape[0], boxes.device
     bt = boxes.float().t()  # (4, G): x1, y1, x2, y2
     inf = math.inf
-    # the bound of every edge is the number of cells before it: p <= x1 for the lower edges
-    # (as p < nextafter(x1, +inf)), p < x2 for the upper ones. A NaN edge becomes +inf (lower)
-    # or -inf (upper): an empty range, as the mask test gives
-    lower = torch.nextafter(bt[:2].nan_to_num(inf, inf, -inf), bt.new_full((), inf))
-    edges = torch.cat([lower, bt[2:].nan_to_num(-inf, inf, -inf)])  # (4, G)
+    # the bound of every edge is the number of cells before it: p <= x1 for the lower edges,
+    # p < x2 for the upper ones. A NaN edge becomes +inf (lower) or -inf (upper): an empty
+    # range, as the mask test gives
+    edges = torch.cat([bt[:2].nan_to_num(inf, inf, -inf), bt[2:].nan_to_num(-inf, inf, -inf)])
     # candidates i0, i0 + 1, i0 + 2 around (edge / s - offset); the bound is i0 plus the number
     # of them before the edge; i0 inside [-3, size + 1], so infinite or huge edges give bounds
     # 0 / size, not int64 overflow
@@ -106,7 +106,9 @@ def grid_inside_pairs(grid: PointGrid, boxes: torch.Tensor) -> Tuple[torch.Tenso
     i0 = torch.minimum(i0.clamp_(min=-3.0), grid.last_cell)  # (4, G, L)
     cand = i0[..., None] + torch.arange(3, device=device, dtype=torch.float64)
     p = (cand.float() + grid.offset) * grid.stride  # float32, as grid_points
-    bound = (p < edges[:, :, None, None]).sum(-1).add_(i0.long())  # (4 x1/y1/x2/y2, G, L)
+    e = edges[:, :, None, None]
+    before = torch.cat([p[:2] <= e[:2], p[2:] < e[2:]])
+    bound = before.sum(-1).add_(i0.long())  # (4 x1/y1/x2/y2, G, L)
     lo = bound[:2].clamp(min=0)
     n = (torch.minimum(bound[2:], grid.size) - lo).clamp_(min=0)
     cols, rows = n[0].reshape(-1), n[1].reshape(-1)  # per (box, level) block, box-major
