@@ -537,6 +537,14 @@ def test_gradients_of_sampling_free_are_bce_times_its_guided_ratio(tmp_path):
     assert e["grad"].sum() == pytest.approx(scale * g.sum() / num_pos, rel=2e-3)
 
 
+def test_gradients_of_a_non_retinanet_run_is_a_clear_error(tmp_path):
+    from tools.analysis import gradients
+
+    cfg = tiny_cfg(os.path.join(SYN, "fcos_effnet_lite0_FPN.py"), tmp_path / "f")
+    with pytest.raises(ValueError, match="fcos seed 0 is a FCOS, not a RetinaNet"):
+        gradients.gradient_statistics(cfg, None, 2, desc="fcos seed 0")
+
+
 def test_gradient_summary_hand_values():
     from tools.analysis import gradients
 

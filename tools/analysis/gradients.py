@@ -152,7 +152,14 @@ def gradient_statistics(cfg, checkpoint: Optional[str], max_images: Optional[int
     over ``cfg``'s training split, in batches of the training batch size."""
     from balanced_det.data import get_detection_dataset_dicts
 
+    from detectron2.modeling.meta_arch.retinanet import RetinaNet
+
     model, _ = load_model(cfg, checkpoint, device)
+    if not isinstance(model, RetinaNet):
+        raise ValueError(
+            f"gradients: {desc} is a {type(model).__name__}, not a RetinaNet: the analysis "
+            "reads anchors and a RetinaNet head; pass RetinaNet-family runs, e.g. "
+            "--runs retinanet ghm_retinanet")
     names = cfg.dataloader.train.dataset.names
     dicts = get_detection_dataset_dicts(names, filter_empty=False)[:max_images]
     batch = int(cfg.dataloader.train.total_batch_size)
