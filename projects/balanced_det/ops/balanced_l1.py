@@ -39,8 +39,9 @@ def balanced_l1_loss(
     check_choice("reduction", reduction, ("none", "sum", "mean"))
     b = math.exp(gamma / alpha) - 1.0
     x = (input.float() - target.float()).abs()
-    inner = alpha / b * (b * x + 1.0) * torch.log(b * x / beta + 1.0) - alpha * x
-    outer = gamma * x + gamma / b - alpha * beta
+    bx = x * b  # ln(b |x| / beta + 1) as log1p, b |x| computed once
+    inner = (bx + 1.0).mul(torch.log1p(bx if beta == 1.0 else bx / beta)).mul(alpha / b) - alpha * x
+    outer = x * gamma + (gamma / b - alpha * beta)
     loss = torch.where(x < beta, inner, outer)
     if reduction == "none":
         return loss
