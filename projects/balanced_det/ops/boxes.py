@@ -6,7 +6,12 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["aligned_iou", "box_iou_matrix", "box_iou_pairs", "encode_box_deltas"]
+__all__ = ["clamped_area", "aligned_iou", "box_iou_matrix", "box_iou_pairs", "encode_box_deltas"]
+
+
+def clamped_area(x1: Tensor, y1: Tensor, x2: Tensor, y2: Tensor) -> Tensor:
+    """``max(x2 - x1, 0) * max(y2 - y1, 0)`` of boxes given as coordinate tensors."""
+    return (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
 
 
 def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
@@ -16,8 +21,7 @@ def aligned_iou(a: Tensor, b: Tensor, eps: float = 1e-6) -> Tensor:
     rb = torch.minimum(a[:, 2:], b[:, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[:, 0] * wh[:, 1]
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    area_a, area_b = clamped_area(*a.unbind(1)), clamped_area(*b.unbind(1))
     return inter / (area_a + area_b - inter).clamp(min=eps)
 
 

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from ..utils.checks import check_int
+from .boxes import clamped_area
 from .points import PointGrid, grid_inside_pairs
 
 __all__ = [
@@ -85,10 +86,6 @@ class DWImageTerms(NamedTuple):
     pos_weight: Optional[Tensor] = None  # sum w_pos, for logging (detached)
 
 
-def _box_area(x1, y1, x2, y2) -> Tensor:
-    return (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
-
-
 def _iou_giou(a, b, eps: float = BOX_EPS,
               area_b: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
     """IoU and GIoU loss, element by element, of boxes given coordinate-major: ``a`` and ``b``
@@ -98,9 +95,9 @@ def _iou_giou(a, b, eps: float = BOX_EPS,
     areas of ``b`` when already known (each GT's, gathered to its pairs)."""
     ax1, ay1, ax2, ay2 = a
     bx1, by1, bx2, by2 = b
-    area_a = _box_area(ax1, ay1, ax2, ay2)
+    area_a = clamped_area(ax1, ay1, ax2, ay2)
     if area_b is None:
-        area_b = _box_area(bx1, by1, bx2, by2)
+        area_b = clamped_area(bx1, by1, bx2, by2)
     iw = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
     ih = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
     inter = iw * ih
@@ -170,7 +167,7 @@ def _chunk_pairs(
         keys = pi * C + gl.index_select(0, gj)
         gbt = gb.t()
         g = [gbt[c].index_select(0, gj) for c in range(4)]  # x1, y1, x2, y2 of each pair's GT
-        area_g = _box_area(*gbt).index_select(0, gj)
+        area_g = clamped_area(*gbt).index_select(0, gj)
     with torch.set_grad_enabled(keep_giou and torch.is_grad_enabled()):
         iou, giou = _iou_giou([boxes_t[c].index_select(0, pi) for c in range(4)], g,
                               area_b=area_g)
