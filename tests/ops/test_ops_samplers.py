@@ -176,6 +176,25 @@ def test_iou_balanced_floor_fraction():
     assert idx.numel() == 20 and (iou2[idx] == 0).sum() == 3
 
 
+def test_iou_balanced_no_floor_with_floor_fraction():
+    # no floor (S = all) and floor_fraction .5, num_expected 60: n_iou = 30, 10 per bin from the
+    # bins [0, .15): 200, [.15, .30): 30, [.30, .45]: 20, then 30 uniformly from the 220 left
+    g = gen(2)
+    iou = torch.cat([torch.rand(200, generator=g) * 0.1, 0.2 + torch.rand(30, generator=g) * 0.1,
+                     0.4 + torch.rand(19, generator=g) * 0.05, torch.tensor([0.45])])
+    bins = _bin_of(iou, 0.0, 0.45)
+    in_bin0 = []
+    for seed in range(60):
+        idx = iou_balanced_neg_sample(iou, 60, floor_fraction=0.5, generator=gen(seed))
+        assert idx.numel() == 60
+        assert_unique(idx)
+        c = torch.bincount(bins[idx], minlength=3).tolist()
+        assert min(c) >= 10
+        in_bin0.append(c[0])
+    # bin 0 expects 10 + 30 * 190 / 220 = 35.9 (hypergeometric sd 1.6; mean of 60 draws: 0.2)
+    assert abs(sum(in_bin0) / len(in_bin0) - (10 + 30 * 190 / 220)) < 1.0
+
+
 def test_iou_balanced_small_empty_degenerate():
     assert iou_balanced_neg_sample(torch.rand(5), 10).tolist() == [0, 1, 2, 3, 4]
     assert iou_balanced_neg_sample(torch.zeros(0), 10).shape == (0,)

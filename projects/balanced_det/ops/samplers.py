@@ -133,23 +133,29 @@ def iou_balanced_neg_sample(
 
     lo = max(float(floor_thr), 0.0)
     hi = iou.amax() if in_s is None else torch.where(in_s, iou, torch.full_like(iou, lo)).amax()
-    width = (hi - lo) / num_bins
     # width 0: every IoU of S equals lo -> bin 0 (F is overwritten below)
-    bins = torch.floor((iou - lo if lo else iou) / torch.where(width > 0, width, 1.0))
-    bins = bins.clamp_(0, num_bins - 1).long()
+    width = hi.sub(lo).div_(num_bins).clamp_(min=torch.finfo(torch.float32).tiny)
+    bins = torch.floor((iou - lo if lo else iou) / width).clamp_(0, num_bins - 1).long()
+    num_groups = num_bins
     if in_s is not None:
         bins = torch.where(in_s, bins, num_bins)  # F: group K
+        num_groups += 1
 
     # quota: the first per_bin of each bin in a uniformly random order
     perm = torch.randperm(n, generator=generator, device=device)
     g = bins.index_select(0, perm)
-    count = (g[:, None] == torch.arange(num_bins + 1, device=device)).cumsum(0)
-    rank = count.gather(1, g[:, None])[:, 0]  # 1-based rank inside the group
-    in_s_p = g < num_bins
-    quota = in_s_p & (rank <= per_bin)
+    groups = torch.arange(num_groups, device=device)[:, None]
+    # 1-based rank inside the group: running count of the group's one-hot row (contiguous)
+    rank = (groups == g).cumsum(1, dtype=torch.int32).gather(0, g[None])[0]
+    quota = rank <= per_bin
+    if in_s is not None:
+        in_s_p = g < num_bins
+        quota &= in_s_p
     u = _rand(n, generator, device)  # fresh keys: fill, F and the rest, uniformly
-    if n_iou >= k:  # room = n_iou - |quota| covers everything still needed: rest of S, then F
-        tier = in_s_p.double() + quota  # quota 2, rest of S 1, F 0
+    if in_s is None:  # S = everything: quota 1, rest of S 0
+        key = u.add_(quota)
+    elif n_iou >= k:  # room = n_iou - |quota| covers everything still needed: rest of S, then F
+        key = u.add_(quota).add_(in_s_p)  # quota 2, rest of S 1, F 0
     else:
         rest = in_s_p ^ quota
         room = n_iou - quota.sum()
@@ -157,8 +163,8 @@ def iou_balanced_neg_sample(
         thr = torch.cat([torch.full((1,), 2.0, device=device, dtype=u.dtype), top])[room]
         fill = rest & (u >= thr)  # the room largest keys of the rest of S (all if fewer)
         # quota 3, fill 2, F 1, rest of S 0
-        tier = torch.where(in_s_p, quota.double() * 3, 1.0) + fill.double() * 2
-    return perm.index_select(0, (tier + u).topk(k, sorted=False).indices)
+        key = u + (torch.where(in_s_p, quota.double() * 3, 1.0) + fill.double() * 2)
+    return perm.index_select(0, key.topk(k, sorted=False).indices)
 
 
 def ohem_topk(
