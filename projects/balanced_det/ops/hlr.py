@@ -25,8 +25,8 @@ def lexsort(keys: Sequence[Tuple[torch.Tensor, bool]], n: int, device) -> torch.
     ties broken by index. Built by stable sorts from the least significant key up."""
     perm = torch.arange(n, device=device)
     for key, descending in reversed(list(keys)):
-        order = torch.sort(key[perm], descending=descending, stable=True).indices
-        perm = perm[order]
+        order = torch.sort(key.index_select(0, perm), descending=descending, stable=True).indices
+        perm = perm.index_select(0, order)
     return perm
 
 
@@ -35,7 +35,7 @@ def _rank_in_sorted_groups(perm: torch.Tensor, groups: torch.Tensor) -> torch.Te
     element's position inside its group (0 = first), in the original element order."""
     n = perm.numel()
     pos = torch.arange(n, device=perm.device)
-    g = groups[perm]
+    g = groups.index_select(0, perm)
     is_start = torch.ones(n, dtype=torch.bool, device=perm.device)
     is_start[1:] = g[1:] != g[:-1]
     start = torch.where(is_start, pos, torch.zeros_like(pos)).cummax(0).values
@@ -152,10 +152,11 @@ def first_overlapping(
         return first
     row = torch.repeat_interleave(torch.arange(n, device=device), counts, output_size=total)
     start = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts, output_size=total)
-    col = order[lo[row] + torch.arange(total, device=device) - start]
-    match = box_iou_pairs(boxes[row], candidates[col]) >= t
+    offset = torch.arange(total, device=device) - start
+    col = order.index_select(0, lo.index_select(0, row) + offset)
+    match = box_iou_pairs(boxes.index_select(0, row), candidates.index_select(0, col)) >= t
     if labels is not None:
-        match &= labels[row] == candidate_labels[col]
+        match &= labels.index_select(0, row) == candidate_labels.index_select(0, col)
     return first.scatter_reduce_(0, row, torch.where(match, col, m), reduce="amin")
 
 
@@ -196,9 +197,10 @@ def nms_cluster_local_rank(
     is_leader = torch.zeros(n, dtype=torch.bool, device=device)
     is_leader[keep] = True
     others = torch.nonzero(~is_leader)[:, 0]
-    first = first_overlapping(boxes[others], boxes[keep], iou_threshold,
-                              None if labels is None else labels[others],
-                              None if labels is None else labels[keep])
+    first = first_overlapping(boxes.index_select(0, others), boxes.index_select(0, keep),
+                              iou_threshold,
+                              None if labels is None else labels.index_select(0, others),
+                              None if labels is None else labels.index_select(0, keep))
     has = torch.ones(n, dtype=torch.bool, device=device)
     has[others] = first < keep.numel()
     leader = torch.arange(n, device=device)

@@ -167,15 +167,17 @@ def isr_n_select(
     # Only the valid negatives are clustered and ranked (the invalid ones end as random
     # fillers): NMS and its IoU matrix run over n_valid boxes, not N.
     valid_idx = torch.nonzero(valid)[:, 0]
-    lr, _ = nms_cluster_local_rank(neg_boxes_decoded.detach().float()[valid_idx], s[valid_idx],
-                                   None, iou_threshold)
-    r = hierarchical_rank(lr, s[valid_idx])  # Score-HLR rank: a permutation of 0..n_valid-1
+    s_valid = s.index_select(0, valid_idx)
+    lr, _ = nms_cluster_local_rank(neg_boxes_decoded.detach().float().index_select(0, valid_idx),
+                                   s_valid, None, iou_threshold)
+    r = hierarchical_rank(lr, s_valid)  # Score-HLR rank: a permutation of 0..n_valid-1
     rand = torch.rand(n, generator=generator, device=device)
     # valid ones first by rank, then the invalid ones in random order
     by_rank = torch.empty_like(valid_idx)
     by_rank[r] = valid_idx
     invalid_idx = torch.nonzero(~valid)[:, 0]
-    fillers = invalid_idx[torch.sort(rand[invalid_idx], stable=True).indices]
+    fillers = invalid_idx.index_select(
+        0, torch.sort(rand.index_select(0, invalid_idx), stable=True).indices)
     order = torch.cat([by_rank, fillers])
     sel = order[:k]
 
