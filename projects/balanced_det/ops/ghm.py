@@ -93,18 +93,16 @@ class _GradientDensity(nn.Module):
         counts, tot = stats[:bins], stats[bins].float()
 
         nonempty = counts > 0
-        cnt = counts.float()
         m = self.momentum
         acc = self.acc_sum.float()
-        new_acc = torch.where(nonempty, m * acc + (1.0 - m) * cnt, acc)
-        new_upd = self.updates + nonempty.long()
-        # bias correction 1 - m^t (t >= 1 on non-empty bins; = 1 for momentum 0)
-        correction = 1.0 - torch.pow(torch.full_like(acc, m), new_upd.float())
-        density = torch.where(nonempty, new_acc / correction.clamp(min=1e-12), torch.ones_like(acc))
+        new_acc = torch.where(nonempty, m * acc + (1.0 - m) * counts.float(), acc)
+        new_upd = self.updates + nonempty
+        # bias correction 1 - m^t (t >= 1 on non-empty bins; = 1 for momentum 0); empty bins
+        # (t may be 0) get weight 0 below, whatever their density
+        density = new_acc / (1.0 - torch.pow(m, new_upd)).clamp_(min=1e-12)
         num_nonempty = nonempty.sum()
         tot_c = tot.clamp(min=1.0)
-        w_bin = torch.where(nonempty, tot_c / density, torch.zeros_like(density))
-        w_bin = w_bin / num_nonempty.clamp(min=1).float()
+        w_bin = torch.where(nonempty, tot_c / num_nonempty.clamp(min=1) / density, 0.0)
 
         if self.training:
             self.acc_sum.copy_(new_acc)
