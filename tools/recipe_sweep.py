@@ -99,12 +99,21 @@ def best_arm(arms: Sequence[dict], name: str, seeds: Sequence[int]) -> Optional[
                default=None)
 
 
+def _seed_count_note(aps: Dict[int, float], seeds: Sequence[int]) -> str:
+    """`` (n = k)`` when ``aps`` lacks some of ``seeds``, else empty."""
+    return f" (n = {len(aps)})" if set(seeds) - set(aps) else ""
+
+
 def _ap_cell(aps: Dict[int, float], seeds: Sequence[int]) -> str:
     if not aps:
         return "-"
     m, sd = mean_std(list(aps.values()))
-    missing = len(set(seeds) - set(aps))
-    return f"{m:.1f} ± {sd:.1f}" + (f" (n = {len(aps)})" if missing else "")
+    return f"{m:.1f} ± {sd:.1f}" + _seed_count_note(aps, seeds)
+
+
+def _per_lr_entry(lr: str, aps: Dict[int, float], seeds: Sequence[int]) -> str:
+    """``lr: mean AP`` of one arm, marked when it lacks some of ``seeds``."""
+    return f"{lr}: {statistics.mean(aps.values()):.1f}" + _seed_count_note(aps, seeds)
 
 
 def _delta_cell(base: Dict[int, float], method: Dict[int, float]) -> str:
@@ -146,7 +155,7 @@ def sweep_tables(arms: Sequence[dict], entries: Sequence[tuple], seeds: Sequence
     best = {name: best_arm(arms, name, seeds) for name, _, _ in entries}
     for name, _, _ in entries:
         a, base = best[name], baseline_of[family_of(name)]
-        per_lr = ", ".join(f"{v}: {statistics.mean(ap_by_seed(x, name).values()):.1f}"
+        per_lr = ", ".join(_per_lr_entry(v, ap_by_seed(x, name), seeds)
                            for v, x in zip(lr, arms) if ap_by_seed(x, name))
         if a is None:
             lines.append(f"| {desc[name]} | - | - | {per_lr or '-'} | - | no learning rate with "

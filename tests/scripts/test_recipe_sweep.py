@@ -73,6 +73,7 @@ def test_an_arm_missing_seeds_is_not_a_best_of_sweep_candidate(tmp_path):
     assert _rows(md, "**Per learning rate**")["RetinaNet (focal)"][1] == "13.5 ± 0.7 (n = 2)"
     best = _rows(md, "**Best of sweep**")
     assert best["RetinaNet (focal)"][1] == "0.01"
+    assert best["RetinaNet (focal)"][3] == "0.005: 13.5 (n = 2), 0.01: 12.0"
     assert best["GHM RetinaNet"][4] == "+1.0 [-0.2, +2.2]"
     assert _rows(md, "**Where the mean AP curve converged**")["RetinaNet (focal)"][1] == "-"
 
