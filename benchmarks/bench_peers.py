@@ -436,6 +436,20 @@ def bench(args, device, mm) -> List[Dict]:
                    rtol=1e-4)
                if mm else None),
         note=f"{n_anchor_pos} positive anchors, 10 bins (agreement: first call, momentum 0)")
+    # as both RetinaNet heads call it: every anchor's deltas, the positives as the mask
+    pd_all = (torch.randn(2 * M, 4, generator=gd) * 0.3).to(device).requires_grad_()
+    td_all = (torch.randn(2 * M, 4, generator=gd) * 0.3).to(device)
+    pos_all = torch.zeros(2 * M, dtype=torch.bool, device=device)
+    pos_all[torch.arange(n_anchor_pos, device=device) * (2 * M // n_anchor_pos)] = True
+    weight_all = pos_all[:, None].expand(2 * M, 4).float()
+    add("GHM-R over all anchors, positives as the mask, forward + backward",
+        ghmr_peer and (lambda: ghmr_peer(pd_all, td_all, weight_all).backward()),
+        lambda: ghmr_ours(pd_all, td_all, pos_all).backward(),
+        agree=(torch.allclose(mm.GHMR(mu=0.02, bins=10, loss_weight=10.0)(
+                   pd_all, td_all, weight_all),
+                   GHMR(mu=0.02, bins=10, momentum=0.0)(pd_all, td_all, pos_all), rtol=1e-4)
+               if mm else None),
+        note=f"{2 * M} anchors, {n_anchor_pos} positive, 10 bins (the heads' call)")
     steps.update()
 
     # 10. DW weights: the authors' per-GT loop (no mmdet needed)

@@ -195,10 +195,43 @@ def test_ghm_distributed_reduces_counts(monkeypatch):
     monkeypatch.setattr(ghm_mod.dist, "all_reduce", fake_all_reduce)
     dist_m = GHMC()
     out = dist_m(x, y)
-    assert len(calls) == 1 and calls[0].shape == (31,) and calls[0][-1].item() == 60
+    # one all-reduce of the 30 bins' counts and the invalid elements' slot
+    assert len(calls) == 1 and calls[0].shape == (31,)
+    assert calls[0][:30].sum().item() == 60 and calls[0][30].item() == 0
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(dist_m.acc_sum, 2 * single.acc_sum)
     # eval mode: no communication
     dist_m.eval()
     dist_m(x, y)
     assert len(calls) == 1
+
+
+def test_ghmr_gradient_matches_autograd_of_the_formula():
+    """GHM-R's own backward against autograd through sqrt(d^2 + mu^2) - mu with the weights
+    computed here (momentum 0: w = tot / count_b / n), for pred and target, with a mask."""
+    torch.manual_seed(3)
+    mu = 0.02
+    pred = (torch.randn(40, 4) * 0.05).requires_grad_(True)
+    target = (torch.randn(40, 4) * 0.05).requires_grad_(True)
+    valid = torch.rand(40) < 0.6
+    loss = GHMR(mu=mu, momentum=0.0, loss_weight=10.0)(pred, target, valid)
+    loss.backward()
+
+    p, t = pred.detach().clone().requires_grad_(True), target.detach().clone().requires_grad_(True)
+    d = p - t
+    g = (d.abs() / torch.sqrt(d * d + mu * mu)).detach()
+    idx = (g * 10).floor().clamp(max=9).long()[valid]
+    counts = torch.bincount(idx.flatten(), minlength=10).float()
+    tot = float(valid.sum() * 4)
+    w = torch.zeros(40, 4)
+    w[valid] = tot / counts[idx] / (counts > 0).sum()
+    ref = 10.0 * (w * (torch.sqrt(d * d + mu * mu) - mu)).sum() / tot
+    ref.backward()
+    torch.testing.assert_close(loss, ref)
+    torch.testing.assert_close(pred.grad, p.grad)
+    torch.testing.assert_close(target.grad, t.grad)
+    assert torch.equal(pred.grad[~valid], torch.zeros(int((~valid).sum()), 4))
+
+    half = torch.randn(6, 4).bfloat16().requires_grad_(True)
+    GHMR()(half, torch.zeros(6, 4)).backward()
+    assert half.grad.dtype == torch.bfloat16 and torch.isfinite(half.grad.float()).all()

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from ..utils.checks import check_int, check_range
 from ..utils.tensor_math import world_size
@@ -72,10 +73,10 @@ class _GradientDensity(nn.Module):
             normaliser ``max(tot, 1) / world_size`` (a 0-dim float32 tensor).
         """
         bins = self.bins
-        slot = self.bin_index(g)  # invalid elements go to the extra slot ``bins``
+        slot = self.bin_index(g)
         if valid is not None:
-            slot.masked_fill_(~valid, bins)
-        flat = slot.reshape(-1)
+            slot.masked_fill_(~valid, bins)  # invalid elements go to the extra slot ``bins``
+        flat = slot.view(-1)
         if flat.device.type == "cpu":  # one pass; on CUDA bincount reads its max on the host
             counts = torch.bincount(flat, minlength=bins + 1)
         else:
@@ -83,35 +84,33 @@ class _GradientDensity(nn.Module):
             counts.scatter_add_(
                 0, flat, torch.ones(1, dtype=torch.long, device=g.device).expand(flat.numel())
             )
+        world = world_size() if self.training else 1
+        if world > 1:
+            dist.all_reduce(counts)  # sum over processes: every rank gets the same EMA
         counts = counts[:bins]
-        stats = torch.cat([counts, counts.sum().reshape(1)])  # per-bin counts, tot
-        world = 1
-        if self.training:
-            world = world_size()
-            if world > 1:
-                dist.all_reduce(stats)  # sum over processes: every rank gets the same EMA
-        counts, tot = stats[:bins], stats[bins].float()
+        tot = counts.sum()
 
         nonempty = counts > 0
         m = self.momentum
-        acc = self.acc_sum.float()
-        new_acc = torch.where(nonempty, m * acc + (1.0 - m) * counts.float(), acc)
+        # m acc + (1 - m) count on the non-empty bins; the bias correction 1 - m^t (t >= 1
+        # there; = 1 for momentum 0). Empty bins (t may be 0, acc 0) get weight 0 whatever
+        # their 0 / 0 gives.
+        new_acc = torch.where(nonempty, torch.lerp(self.acc_sum, counts.float(), 1.0 - m),
+                              self.acc_sum)
         new_upd = self.updates + nonempty
-        # bias correction 1 - m^t (t >= 1 on non-empty bins; = 1 for momentum 0); empty bins
-        # (t may be 0) get weight 0 below, whatever their density
-        density = new_acc / (1.0 - torch.pow(m, new_upd)).clamp_(min=1e-12)
         num_nonempty = nonempty.sum()
-        tot_c = tot.clamp(min=1.0)
-        w_bin = torch.where(nonempty, tot_c / num_nonempty.clamp(min=1) / density, 0.0)
+        inv_density = (1.0 - torch.pow(m, new_upd)).div_(new_acc)
+        w_bin = torch.where(nonempty, inv_density.mul_(tot / num_nonempty), 0.0)
 
         if self.training:
             self.acc_sum.copy_(new_acc)
             self.updates.copy_(new_upd)
         self.last_num_nonempty.copy_(num_nonempty)
 
-        # 0 in the extra slot (invalid elements); index_select: one gather, no advanced indexing
-        w = torch.cat([w_bin, w_bin.new_zeros(1)]).index_select(0, flat).view(slot.shape)
-        return w, tot_c / world
+        if valid is not None:
+            w_bin = F.pad(w_bin, (0, 1))  # weight 0 in the extra slot (invalid elements)
+        w = w_bin.index_select(0, flat).view(slot.shape)  # one gather, no advanced indexing
+        return w, tot.clamp(min=1) / world
 
 
 class GHMC(_GradientDensity):
@@ -190,21 +189,38 @@ class GHMR(_GradientDensity):
             raise ValueError(
                 f"GHMR: target shape {tuple(target.shape)} != pred shape {tuple(pred.shape)}"
             )
-        p = pred.float()
-        t = target.float()
-        if valid_mask is None:
-            valid = torch.ones_like(p, dtype=torch.bool)
-        else:
-            v = valid_mask.to(torch.bool)
-            if v.dim() == p.dim() - 1:
-                v = v.unsqueeze(-1)
-            valid = torch.broadcast_to(v, p.shape)
-        mu = self.mu
-        d = p - t
-        root = torch.sqrt(d * d + mu * mu)
-        with torch.no_grad():
-            g = d.detach().abs() / root.detach()
-            w, norm = self.element_weights(g, valid)
-        loss = root - mu
-        loss = torch.where(valid, loss * w, torch.zeros_like(loss))
-        return self.loss_weight * loss.sum() / norm
+        valid = None
+        if valid_mask is not None:
+            valid = valid_mask.to(torch.bool)
+            if valid.dim() == pred.dim() - 1:
+                valid = valid.unsqueeze(-1)
+            torch.broadcast_shapes(valid.shape, pred.shape)  # a clear error if it does not fit
+        return _WeightedASL1.apply(pred, target, self, valid)
+
+
+class _WeightedASL1(torch.autograd.Function):
+    """GHM-R's loss ``loss_weight * sum_i w_i ASL1(d_i) / norm`` and its gradient
+    ``dL/dd_i = loss_weight * w_i d_i / sqrt(d_i^2 + mu^2) / norm`` (the weights w constants),
+    as one autograd node: two passes backward instead of autograd's chain over every element."""
+
+    @staticmethod
+    def forward(ctx, pred: Tensor, target: Tensor, ghm: GHMR, valid: Optional[Tensor]) -> Tensor:
+        d = pred.float() - target.float()
+        root = d.square().add_(ghm.mu * ghm.mu).sqrt_()
+        w, norm = ghm.element_weights(d.abs().div_(root), valid)
+        scale = ghm.loss_weight / norm
+        ctx.save_for_backward(d.div_(root).mul_(w), scale)
+        ctx.dtypes = (pred.dtype, target.dtype)
+        loss = root.sub_(ghm.mu).mul_(w)
+        if valid is not None:
+            loss = torch.where(valid, loss, 0.0)  # no 0 x inf off the valid elements
+        return loss.sum() * scale
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        coef, scale = ctx.saved_tensors
+        grad_d = coef * (grad * scale)
+        return (grad_d.to(ctx.dtypes[0]) if ctx.needs_input_grad[0] else None,
+                grad_d.neg().to(ctx.dtypes[1]) if ctx.needs_input_grad[1] else None,
+                None, None)
