@@ -95,8 +95,8 @@ class _GradientDensity(nn.Module):
         # m acc + (1 - m) count on the non-empty bins; the bias correction 1 - m^t (t >= 1
         # there; = 1 for momentum 0). Empty bins (t may be 0, acc 0) get weight 0 whatever
         # their 0 / 0 gives.
-        new_acc = torch.where(nonempty, torch.lerp(self.acc_sum, counts.float(), 1.0 - m),
-                              self.acc_sum)
+        acc = self.acc_sum.float()
+        new_acc = torch.where(nonempty, torch.lerp(acc, counts.float(), 1.0 - m), acc)
         new_upd = self.updates + nonempty
         num_nonempty = nonempty.sum()
         inv_density = (1.0 - torch.pow(m, new_upd)).div_(new_acc)
