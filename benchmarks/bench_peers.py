@@ -413,8 +413,8 @@ def bench(args, device, mm) -> List[Dict]:
     lg = (torch.randn(2 * M, C, generator=gd) * 2 - 3).to(device).requires_grad_()
     tgt = torch.zeros(2 * M, C, device=device)
     n_anchor_pos = min(2 * M, 2 * 15 * 20)
-    tgt[torch.arange(n_anchor_pos, device=device) * (2 * M // n_anchor_pos),
-        torch.randint(C, (n_anchor_pos,), generator=gd).to(device)] = 1
+    pos_rows = torch.arange(n_anchor_pos, device=device) * (2 * M // n_anchor_pos)
+    tgt[pos_rows, torch.randint(C, (n_anchor_pos,), generator=gd).to(device)] = 1
     ghmc_ours, ghmc_peer = GHMC(bins=30, momentum=0.75), mm and mm.GHMC(bins=30, momentum=0.75)
     add("GHM-C, forward + backward",
         ghmc_peer and (lambda: ghmc_peer(lg, tgt, torch.ones_like(tgt)).backward()),
@@ -440,7 +440,7 @@ def bench(args, device, mm) -> List[Dict]:
     pd_all = (torch.randn(2 * M, 4, generator=gd) * 0.3).to(device).requires_grad_()
     td_all = (torch.randn(2 * M, 4, generator=gd) * 0.3).to(device)
     pos_all = torch.zeros(2 * M, dtype=torch.bool, device=device)
-    pos_all[torch.arange(n_anchor_pos, device=device) * (2 * M // n_anchor_pos)] = True
+    pos_all[pos_rows] = True
     weight_all = pos_all[:, None].expand(2 * M, 4).float()
     add("GHM-R over all anchors, positives as the mask, forward + backward",
         ghmr_peer and (lambda: ghmr_peer(pd_all, td_all, weight_all).backward()),
